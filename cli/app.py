@@ -1,0 +1,174 @@
+"""The ``fedsim`` command line: thin — parse, validate, call the packages, render.
+
+Exit codes: 0 success, 1 the run failed, 2 bad input (a message names the field, the
+value and the allowed range).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from cli.budget import budget_command
+
+app = typer.Typer(
+    help=(
+        "fedsim: federated LoRA fine-tuning under differential privacy.\n\n"
+        "Each client is a torch.distributed process running DP-SGD (Opacus) on its own data; "
+        "updates leave a client only under pairwise secure-aggregation masks; a PRV accountant "
+        "records every client's privacy budget in a ledger that `fedsim budget` re-checks."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("budget")(budget_command)
+console = Console(stderr=True)
+
+
+class ProgressObserver:
+    """Renders one progress bar per method and a line per evaluated round."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.tasks: dict[str, int] = {}
+
+    def method_started(self, method: str, rounds: int) -> None:
+        self.tasks[method] = self.progress.add_task(f"{method}", total=rounds, status="")
+
+    def round_finished(self, metrics) -> None:
+        status = f"ε={metrics.epsilon:.3f}"
+        if metrics.accuracy is not None:
+            status = f"acc={metrics.accuracy:.3f} loss={metrics.loss:.3f} " + status
+        self.progress.update(self.tasks[metrics.method], advance=1, status=status)
+
+    def method_finished(self, summary) -> None:
+        self.progress.update(self.tasks[summary.method], status=f"acc={summary.accuracy:.3f} ε={summary.epsilon:.3f} done")
+
+
+def summary_table(summaries, delta: float) -> Table:
+    """The closing table: accuracy, loss, ε (upper, the guarantee) at δ, per method."""
+    table = Table(title="fedsim run")
+    for column in ("method", "rounds", "accuracy (untrained → final)", "loss", f"ε upper @ δ={delta:g}", "accountant", "seconds"):
+        table.add_column(column)
+    for s in summaries:
+        table.add_row(
+            s.method,
+            str(s.rounds),
+            f"{s.initial_accuracy:.3f} → {s.accuracy:.3f}",
+            f"{s.loss:.3f}",
+            f"{s.epsilon:.4f}",
+            s.epsilon_method,
+            f"{s.seconds:.1f}",
+        )
+    return table
+
+
+def fail(message: str, code: int = 2) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+@app.command()
+def run(
+    config_file: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML file whose top-level keys are run options (underscored names); options given here override it."),
+    methods: Optional[str] = typer.Option(None, "--method", "-m", help="Comma-separated methods to compare: la-lora (alternating factors + smoothing), dp-lora (A and B together), ffa-lora (A frozen)."),
+    dataset: Optional[str] = typer.Option(None, help="wordnet-supersenses (bundled text), digits (scikit-learn), fashion-mnist (Debian package), csv:PATH (text,label) or imagefolder:PATH."),
+    model: Optional[str] = typer.Option(None, help="Text: all-MiniLM-L6-v2 (bundled weights) or a transformers checkpoint/dir. Images: a timm ViT or Swin name."),
+    pretrained: Optional[bool] = typer.Option(None, "--pretrained/--random-init", help="Start from pretrained weights (timm needs a model hub)."),
+    img_size: Optional[int] = typer.Option(None, help="Image side in pixels for timm models."),
+    limit: Optional[int] = typer.Option(None, help="Use at most this many training examples (stratified)."),
+    clients: Optional[int] = typer.Option(None, "--clients", "-n", help="Number of client processes (default 4; under torchrun: WORLD_SIZE - 1)."),
+    rounds: Optional[int] = typer.Option(None, "--rounds", "-r", help="Communication rounds."),
+    local_steps: Optional[int] = typer.Option(None, "--local-steps", "-k", help="DP-SGD steps per client per round (K)."),
+    batch_size: Optional[int] = typer.Option(None, help="Expected batch size B; Poisson sampling rate q = B / n_i."),
+    noise_multiplier: Optional[float] = typer.Option(None, "--noise-multiplier", "--sigma", help="Gaussian noise σ, in units of the clipping norm."),
+    max_grad_norm: Optional[float] = typer.Option(None, "--max-grad-norm", "--clip", help="Per-sample clipping norm C."),
+    delta: Optional[float] = typer.Option(None, help="δ at which ε is reported."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate of the LoRA factors (AdamW)."),
+    head_lr: Optional[float] = typer.Option(None, help="Learning rate of the classifier head."),
+    b_lr_ratio: Optional[float] = typer.Option(None, help="LA-LoRA: B's learning rate as a multiple of A's."),
+    smoothing: Optional[float] = typer.Option(None, help="LA-LoRA: Laplacian smoothing strength σ_ls (0 disables)."),
+    lora_rank: Optional[int] = typer.Option(None, help="LoRA rank r."),
+    partition: Optional[str] = typer.Option(None, help="iid or dirichlet."),
+    dirichlet_alpha: Optional[float] = typer.Option(None, "--alpha", help="Dirichlet concentration α for non-IID splits (smaller is more skewed)."),
+    seed: Optional[int] = typer.Option(None, help="Public seed: data split, partition and initial LoRA factors. DP noise and sampling use the OS CSPRNG."),
+    eval_every: Optional[int] = typer.Option(None, help="Evaluate the global model every this many rounds (and at the end)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads per process."),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", "-o", help="Output directory (default runs/<time>-<methods>); must not hold a previous run."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log protocol details."),
+) -> None:
+    """Run a federated DP-LoRA job (or compare methods) and print accuracy and ε per method.
+
+    Without torchrun this spawns a local world: rank 0 = server, one process per client.
+    Under `torchrun --nproc-per-node=W -m fedsim run ...` each process is one rank.
+    """
+    from fedsim.config import ConfigError, build_config, load_config_file
+    from fedsim.launch import LaunchError, launch_local, launch_torchrun
+    from fedsim.runtime import torchrun_world_size, under_torchrun
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    torchrun = under_torchrun()
+    try:
+        file_values = load_config_file(config_file) if config_file else {}
+        if torchrun:
+            world_clients = torchrun_world_size() - 1
+            if clients is not None and clients != world_clients:
+                raise ConfigError("clients", clients, f"WORLD_SIZE - 1 = {world_clients} under torchrun")
+            clients = world_clients
+        config = build_config(
+            file_values,
+            methods=methods, dataset=dataset, model=model, pretrained=pretrained, img_size=img_size,
+            limit=limit, num_clients=clients, rounds=rounds, local_steps=local_steps, batch_size=batch_size,
+            noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm, delta=delta, lr=lr,
+            head_lr=head_lr, b_lr_ratio=b_lr_ratio, smoothing=smoothing, lora_rank=lora_rank,
+            partition=partition, dirichlet_alpha=dirichlet_alpha, seed=seed, eval_every=eval_every,
+            threads_per_process=threads, run_dir=str(run_dir) if run_dir else None,
+        )
+    except (ConfigError, TypeError) as exc:
+        fail(str(exc))
+    is_server = not torchrun or int(os.environ["RANK"]) == 0
+    out = Path(config.run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{'+'.join(config.methods)}")
+    if is_server:
+        if out.exists() and any(out.iterdir()):
+            fail(f"run_dir={str(out)!r} is invalid: expected a new or empty directory")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(config.to_json())
+    try:
+        with make_progress(enabled=is_server) as progress:
+            observer = ProgressObserver(progress) if is_server else None
+            launch = launch_torchrun if torchrun else launch_local
+            summaries = launch(config, out, observer)
+    except (LaunchError, RuntimeError, ValueError) as exc:
+        fail(str(exc), code=1)
+    if is_server:
+        console.print(summary_table(summaries, config.delta))
+        typer.echo(json.dumps({"run_dir": str(out), "results": [s.to_dict() for s in summaries]}))
+
+
+def make_progress(enabled: bool) -> Progress:
+    """A rich progress display on stderr (disabled on non-server ranks)."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("rounds"),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=console,
+        disable=not enabled,
+    )
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

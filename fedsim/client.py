@@ -1,0 +1,172 @@
+"""One federated client: local DP-SGD on its own records with Opacus.
+
+Sample-level DP (DESIGN.md, "Privacy semantics"): every local step is one Poisson-subsampled
+Gaussian mechanism on this client's records — Poisson sampling at rate q = B / n_i
+(Opacus ``DPDataLoader``), per-sample gradients (Opacus ``GradSampleModule``), per-sample
+clipping to C and Gaussian noise σC (:class:`~fedsim.dp_optimizer.FactorwiseDPOptimizer`).
+The client object lives for the whole run, so its sampler and noise streams continue across
+rounds and the server's ledger composes every step the client actually ran.
+
+Both the Poisson sample and the noise are drawn from generators seeded from the OS
+CSPRNG, never from the run's public seed: privacy amplification by subsampling needs the
+sample to be secret, and noise predictable from a public seed protects nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+from typing import Callable, Iterator, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from opacus import GradSampleModule
+from opacus.data_loader import DPDataLoader
+from torch.utils.data import TensorDataset
+
+from fedsim.algorithms import Method, factor_learning_rates
+from fedsim.dp_optimizer import FactorwiseDPOptimizer
+from fedsim.state import assign_flat, flatten
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DPSettings:
+    """DP-SGD hyper-parameters of one client (Abadi et al. 2016, Algorithm 1)."""
+
+    batch_size: int
+    noise_multiplier: float
+    max_grad_norm: float
+
+
+@dataclass(frozen=True)
+class OptimSettings:
+    """Local optimiser settings; ``b_lr_ratio`` and ``smoothing`` only matter for LA-LoRA."""
+
+    optimizer: str
+    lr: float
+    head_lr: float
+    b_lr_ratio: float
+    smoothing: float
+
+
+@dataclass(frozen=True)
+class RoundReport:
+    """What a client tells the server after a round: the mechanism it ran, nothing about data."""
+
+    client: int
+    steps: int
+    sample_rate: float
+    noise_multiplier: float
+
+
+def secret_generator(device: torch.device) -> torch.Generator:
+    """A torch generator seeded with 63 bits from the OS CSPRNG."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed(secrets.randbits(63))
+    return generator
+
+
+def poisson_batches(dataset: TensorDataset, sample_rate: float) -> Iterator[Sequence[torch.Tensor]]:
+    """Endless Poisson-sampled batches (each record in each batch independently w.p. q)."""
+    loader = DPDataLoader(dataset, sample_rate=sample_rate, generator=secret_generator(torch.device("cpu")))
+    while True:
+        yield from loader
+
+
+class LocalClient:
+    """Local DP training of one client's LoRA factors and head."""
+
+    def __init__(
+        self,
+        *,
+        client_id: int,
+        model: torch.nn.Module,
+        factors: Mapping[str, Mapping[str, torch.nn.Parameter]],
+        method: Method,
+        inputs: Sequence[torch.Tensor],
+        labels: torch.Tensor,
+        dp: DPSettings,
+        optim: OptimSettings,
+        device: torch.device,
+    ) -> None:
+        if len(labels) == 0:
+            raise ValueError(f"client {client_id} has no training records")
+        self.client_id = client_id
+        self.method = method
+        self.dp = dp
+        self.optim = optim
+        self.device = device
+        # Fix the trainable set *before* Opacus wraps the model; it never changes after.
+        self.factor_of: dict[torch.nn.Parameter, str] = {}
+        self.params: dict[str, torch.nn.Parameter] = {}
+        for factor, named in factors.items():
+            for name, p in named.items():
+                p.requires_grad_(factor in method.trainable)
+                if factor in method.trainable:
+                    self.factor_of[p] = factor
+                    self.params[name] = p
+        self.sent_names = sorted(name for name, p in self.params.items() if self.factor_of[p] in method.sent)
+        self.model = GradSampleModule(model.to(device), loss_reduction="mean")
+        self.num_records = len(labels)
+        self.sample_rate = min(1.0, dp.batch_size / self.num_records)
+        self.batches = poisson_batches(TensorDataset(*inputs, labels), self.sample_rate)
+        self.noise_generator = secret_generator(device)
+
+    def _optimizer(self) -> FactorwiseDPOptimizer:
+        rates = factor_learning_rates(self.method, self.optim.lr, self.optim.head_lr, self.optim.b_lr_ratio)
+        groups = [
+            {"params": [p for p, f in self.factor_of.items() if f == factor], "lr": rates[factor]}
+            for factor in sorted(set(self.factor_of.values()))
+        ]
+        base = torch.optim.AdamW(groups, weight_decay=0.0) if self.optim.optimizer == "adamw" else torch.optim.SGD(groups)
+        return FactorwiseDPOptimizer(
+            base,
+            factor_of=self.factor_of,
+            noise_multiplier=self.dp.noise_multiplier,
+            max_grad_norm=self.dp.max_grad_norm,
+            expected_batch_size=max(1, round(self.sample_rate * self.num_records)),
+            generator=self.noise_generator,
+            smoothing=self.optim.smoothing if self.method.smoothing else 0.0,
+        )
+
+    def load_global(self, vector: torch.Tensor, names: Sequence[str]) -> None:
+        """Overwrite the named parameters with the server's global values."""
+        assign_flat(self.params, names, vector)
+
+    def train_round(
+        self,
+        global_vector: torch.Tensor,
+        local_steps: int,
+        after_step: Callable[[int, frozenset[str]], None] | None = None,
+    ) -> tuple[torch.Tensor, RoundReport]:
+        """Run ``local_steps`` DP-SGD steps from the global state; return the update and the report.
+
+        The update (local − global, over the sent factors) is the only thing derived from
+        data that leaves the client, and it leaves only through secure aggregation.
+        ``after_step(step, active_factors)`` is called after every optimizer step.
+        """
+        self.load_global(global_vector, self.sent_names)
+        self.model.train()
+        optimizer = self._optimizer()
+        for step in range(local_steps):
+            optimizer.set_active(self.method.active_at(step))
+            optimizer.zero_grad()
+            *inputs, labels = next(self.batches)
+            if len(labels) == 0:
+                # An empty Poisson sample is still a step of the mechanism: noise only.
+                for p in optimizer.params:
+                    p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
+            else:
+                logits = self.model(*(x.to(self.device) for x in inputs))
+                F.cross_entropy(logits, labels.to(self.device)).backward()
+            optimizer.step()
+            if after_step is not None:
+                after_step(step, self.method.active_at(step))
+        optimizer.zero_grad()
+        update = flatten(self.params, self.sent_names) - global_vector.to(self.device)
+        report = RoundReport(self.client_id, local_steps, self.sample_rate, self.dp.noise_multiplier)
+        logger.debug("client %d ran %d steps at q=%.4f", self.client_id, local_steps, self.sample_rate)
+        return update, report

@@ -1,0 +1,91 @@
+"""Opacus's DPOptimizer, restricted per step to the active LoRA factors.
+
+Alternating methods (LA-LoRA) update A on some steps and B on others. Toggling
+``requires_grad`` between steps breaks Opacus: a factor frozen after ``GradSampleModule``
+wrapped the model still receives backward hooks but captured no activations ("No
+activations detected"), and a stale ``.grad`` on the frozen factor would be applied by the
+underlying optimizer as a raw, unclipped, un-noised step.
+
+Here the trainable set is fixed for the whole run and a step chooses its *active* subset:
+
+1. every managed parameter's ``.grad`` is dropped before the DP step, so the wrapped
+   optimizer (which skips parameters whose ``.grad`` is None) can only move parameters
+   whose gradient Opacus has just clipped and noised;
+2. per-sample clipping (Abadi et al. 2016, Alg. 1) runs over the active parameters only —
+   the norm bound C holds for exactly what this step releases;
+3. Gaussian noise N(0, σ²C²) is added to the active parameters' summed gradients, which
+   are then scaled by 1 / E[batch size];
+4. optional smoothing (:mod:`fedsim.smoothing`) post-processes the noisy gradient.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping, Optional
+
+import torch
+from opacus.optimizers import DPOptimizer
+
+from fedsim.smoothing import smooth_1d, smooth_2d
+
+MATRIX_FACTORS = frozenset({"A", "B"})
+
+
+class FactorwiseDPOptimizer(DPOptimizer):
+    """A :class:`~opacus.optimizers.DPOptimizer` whose step covers only the active factors."""
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        *,
+        factor_of: Mapping[torch.nn.Parameter, str],
+        noise_multiplier: float,
+        max_grad_norm: float,
+        expected_batch_size: int,
+        generator: torch.Generator,
+        smoothing: float = 0.0,
+    ) -> None:
+        # Set before DPOptimizer.__init__, which already reads ``self.params``.
+        self._factor_of = {id(p): factor for p, factor in factor_of.items()}
+        self._active: frozenset[str] = frozenset(self._factor_of.values())
+        super().__init__(
+            optimizer,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            expected_batch_size=expected_batch_size,
+            loss_reduction="mean",
+            generator=generator,
+        )
+        self.smoothing = smoothing
+
+    def set_active(self, factors: frozenset[str]) -> None:
+        """Choose the factors the next step clips, noises and updates."""
+        self._active = frozenset(factors)
+
+    @property
+    def managed_params(self) -> list[torch.nn.Parameter]:
+        """All parameters this optimizer may ever update."""
+        return [p for group in self.original_optimizer.param_groups for p in group["params"]]
+
+    @property
+    def params(self) -> list[torch.nn.Parameter]:
+        """Opacus's view of the parameters: the active ones only."""
+        return [p for p in super().params if self._factor_of[id(p)] in self._active]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear gradients and per-sample gradients of every managed parameter."""
+        for p in self.managed_params:
+            p.grad = None
+            p.grad_sample = None
+            p.summed_grad = None
+
+    def pre_step(self, closure: Optional[Callable[[], float]] = None) -> Optional[bool]:
+        for p in self.managed_params:
+            p.grad = None
+            if self._factor_of[id(p)] not in self._active:
+                p.grad_sample = None
+        ready = super().pre_step(closure)
+        if ready and self.smoothing > 0:
+            for p in self.params:
+                smooth = smooth_2d if self._factor_of[id(p)] in MATRIX_FACTORS and p.dim() == 2 else smooth_1d
+                p.grad = smooth(p.grad, self.smoothing)
+        return ready

@@ -1,0 +1,98 @@
+"""Starting a job: a local world on one machine, or this rank of a torchrun world.
+
+``fedsim run`` without torchrun around it makes its own world: this process becomes rank 0
+(the server, so the CLI can render its progress) and spawns one process per client
+(``multiprocessing`` spawn context; TCP rendezvous on 127.0.0.1). Under torchrun every
+process reads RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* and runs the same code, so single- and
+multi-node launches need nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import socket
+from pathlib import Path
+
+from fedsim.config import RunConfig, config_from_json
+from fedsim.events import MethodSummary, Observer
+from fedsim.job import run_rank
+from fedsim.runtime import init_from_torchrun, init_world, shutdown
+
+logger = logging.getLogger(__name__)
+
+
+class LaunchError(RuntimeError):
+    """A rank failed; the message says which and how."""
+
+
+def free_port() -> int:
+    """An unused TCP port on the loopback interface."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _client_process(config_json: str, rank: int, world_size: int, init_method: str, log_level: int) -> None:
+    """Entry point of a spawned client process."""
+    logging.basicConfig(level=log_level, format=f"[rank {rank}] %(levelname)s %(name)s: %(message)s")
+    config = config_from_json(config_json)
+    world = init_world(rank=rank, world_size=world_size, local_rank=rank, init_method=init_method, timeout_s=config.timeout_s)
+    try:
+        run_rank(config, world)
+    finally:
+        shutdown()
+
+
+def launch_local(config: RunConfig, run_dir: Path, observer: Observer | None = None) -> list[MethodSummary]:
+    """Run ``config`` in a local world of 1 server + ``num_clients`` client processes."""
+    init_method = f"tcp://127.0.0.1:{free_port()}"
+    context = mp.get_context("spawn")
+    log_level = logging.getLogger().getEffectiveLevel()
+    clients = [
+        context.Process(
+            target=_client_process,
+            args=(config.to_json(), rank, config.world_size, init_method, log_level),
+            name=f"fedsim-client-{rank}",
+            daemon=True,
+        )
+        for rank in range(1, config.world_size)
+    ]
+    for process in clients:
+        process.start()
+    try:
+        world = init_world(rank=0, world_size=config.world_size, local_rank=0, init_method=init_method, timeout_s=config.timeout_s)
+        try:
+            summaries = run_rank(config, world, observer, run_dir)
+        finally:
+            shutdown()
+    except Exception as exc:
+        failed = _reap(clients, timeout_s=5.0)
+        raise LaunchError(f"the run failed on the server: {exc}" + (f"; {failed}" if failed else "")) from exc
+    failed = _reap(clients, timeout_s=60.0)
+    if failed:
+        raise LaunchError(failed)
+    return summaries
+
+
+def _reap(processes: list, timeout_s: float) -> str:
+    """Join the client processes (terminating stragglers) and describe any failure."""
+    problems = []
+    for process in processes:
+        process.join(timeout_s)
+        if process.is_alive():
+            process.terminate()
+            process.join(5.0)
+            problems.append(f"{process.name} did not finish and was terminated")
+        elif process.exitcode != 0:
+            problems.append(f"{process.name} exited with code {process.exitcode}")
+    return "; ".join(problems)
+
+
+def launch_torchrun(config: RunConfig, run_dir: Path, observer: Observer | None = None) -> list[MethodSummary]:
+    """Run this process's rank of a torchrun world; rank 0 returns the summaries."""
+    world = init_from_torchrun(config.timeout_s)
+    try:
+        return run_rank(config, world, observer if world.is_server else None, run_dir if world.is_server else None)
+    finally:
+        shutdown()
