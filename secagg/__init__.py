@@ -27,8 +27,8 @@ from secagg.encoding import (
     wrapping_sub_,
     wrapping_sum,
 )
-from secagg.masking import MASK_NONCE, mask_input, pairwise_mask_sign, unmask_sum
-from secagg.prg import keystream_into
+from secagg.masking import MASK_NONCE, mask_input, mask_input_, pairwise_mask_sign, unmask_sum
+from secagg.prg import Keystream, keystream_into
 
 __all__ = [
     "MASK_KEY_BYTES",
@@ -36,11 +36,13 @@ __all__ = [
     "PUBLIC_KEY_BYTES",
     "SUPPORTED_MODULUS_BITS",
     "FixedPointCodec",
+    "Keystream",
     "fixed_point_frac_bits",
     "generate_private_key",
     "keystream_into",
     "load_public_key",
     "mask_input",
+    "mask_input_",
     "mask_key_info",
     "pairwise_mask_key",
     "pairwise_mask_sign",
