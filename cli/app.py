@@ -57,18 +57,19 @@ class ProgressObserver:
 
 def summary_table(summaries, delta: float) -> Table:
     """The closing table: accuracy, loss, ε (upper, the guarantee) at δ, per method."""
-    table = Table(title="fedsim run")
-    for column in ("method", "rounds", "accuracy (untrained → final)", "loss", f"ε upper @ δ={delta:g}", "accountant", "seconds"):
-        table.add_column(column)
+    table = Table(title=f"fedsim: accuracy and privacy (ε upper bound at δ={delta:g})")
+    for column in ("method", "rounds", "untrained acc", "final acc", "loss", "ε (upper)", "accountant", "time"):
+        table.add_column(column, justify="left" if column == "method" else "right")
     for s in summaries:
         table.add_row(
             s.method,
             str(s.rounds),
-            f"{s.initial_accuracy:.3f} → {s.accuracy:.3f}",
+            f"{s.initial_accuracy:.3f}",
+            f"{s.accuracy:.3f}",
             f"{s.loss:.3f}",
-            f"{s.epsilon:.4f}",
+            f"{s.epsilon:.3f}",
             s.epsilon_method,
-            f"{s.seconds:.1f}",
+            f"{s.seconds:.0f}s",
         )
     return table
 
@@ -113,11 +114,11 @@ def run(
     Under `torchrun --nproc-per-node=W -m fedsim run ...` each process is one rank.
     """
     from fedsim.config import ConfigError, build_config, load_config_file
-    from fedsim.launch import LaunchError, launch_local, launch_torchrun
+    from fedsim.launch import LaunchError, configure_process_logging, launch_local, launch_torchrun
     from fedsim.runtime import torchrun_world_size, under_torchrun
 
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     torchrun = under_torchrun()
+    configure_process_logging(logging.DEBUG if verbose else logging.WARNING, int(os.environ["RANK"]) if torchrun else None)
     try:
         file_values = load_config_file(config_file) if config_file else {}
         if torchrun:

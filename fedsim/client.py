@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterator, Mapping, Sequence
 
@@ -161,7 +162,11 @@ class LocalClient:
                     p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
             else:
                 logits = self.model(*(x.to(self.device) for x in inputs))
-                F.cross_entropy(logits, labels.to(self.device)).backward()
+                with warnings.catch_warnings():
+                    # Opacus's hooks on the first LoRA layer fire with no input needing a
+                    # gradient (the frozen embeddings); torch warns, the gradients are right.
+                    warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                    F.cross_entropy(logits, labels.to(self.device)).backward()
             optimizer.step()
             if after_step is not None:
                 after_step(step, self.method.active_at(step))

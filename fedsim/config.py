@@ -49,8 +49,8 @@ class RunConfig:
     limit: int | None = 2400
     # Federation.
     num_clients: int = 4
-    rounds: int = 6
-    local_steps: int = 6
+    rounds: int = 5
+    local_steps: int = 5
     partition: str = "iid"
     dirichlet_alpha: float = 0.5
     # LoRA and optimisation.
@@ -70,7 +70,7 @@ class RunConfig:
     secagg_clip_range: float = 1.0
     # Runtime.
     seed: int = 0
-    eval_every: int = 2
+    eval_every: int = 5
     threads_per_process: int = 1
     timeout_s: float = 600.0
     run_dir: str | None = None

@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 from accounting import EpsilonBound, Ledger, LedgerRecord, PoissonSubsampledGaussian, client_mechanisms, prv_epsilon
 from fedsim.algorithms import Method, get_method
-from fedsim.client import DPSettings, LocalClient, OptimSettings, RoundReport
+from fedsim.client import DPSettings, LocalClient, OptimSettings, RoundReport, secret_generator
 from fedsim.config import RunConfig
 from fedsim.data import DatasetSplits, load_dataset, partition, prepare_images, subset
 from fedsim.evaluation import evaluate
@@ -64,6 +64,7 @@ def model_spec(config: RunConfig, num_classes: int) -> ModelSpec:
         lora_rank=config.lora_rank,
         lora_alpha=config.lora_alpha,
         max_length=config.max_length,
+        init_seed=config.seed,
     )
 
 
@@ -97,7 +98,6 @@ def run_rank(config: RunConfig, world: World, observer: Observer | None = None, 
     summaries = []
     for method_name in config.methods:
         method = get_method(method_name)
-        torch.manual_seed(config.seed)  # identical initial LoRA factors and head on every rank
         model = build_model(task.spec).to(world.device)
         factors = factor_parameters(model)
         if world.is_server:
@@ -160,7 +160,7 @@ def participate(config: RunConfig, world: World, task: Task, method: Method, mod
     )
     names = sent_names(factors, method)
     secagg = SecureSumConfig(clip_range=config.secagg_clip_range)
-    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + client_id)
+    rounding = secret_generator(torch.device("cpu"))  # stochastic rounding in the fixed-point encoding
     for round_idx in range(1, config.rounds + 1):
         dim = sum(client.params[n].numel() for n in names)
         global_vector = broadcast_vector(torch.empty(dim), world)
@@ -172,7 +172,7 @@ def participate(config: RunConfig, world: World, task: Task, method: Method, mod
             session=session,
             num_clients=world.num_clients,
             config=secagg,
-            generator=generator,
+            generator=rounding,
             group=world.control_group,
         )
         dist.gather_object(report, None, dst=SERVER_RANK, group=world.control_group)

@@ -33,9 +33,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def configure_process_logging(level: int, rank: int | None = None) -> None:
+    """Logging for one process of the job; silences third-party download progress bars."""
+    import transformers
+
+    prefix = f"[rank {rank}] " if rank is not None else ""
+    logging.basicConfig(level=level, format=f"{prefix}%(levelname)s %(name)s: %(message)s")
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
 def _client_process(config_json: str, rank: int, world_size: int, init_method: str, log_level: int) -> None:
     """Entry point of a spawned client process."""
-    logging.basicConfig(level=log_level, format=f"[rank {rank}] %(levelname)s %(name)s: %(message)s")
+    configure_process_logging(log_level, rank)
     config = config_from_json(config_json)
     world = init_world(rank=rank, world_size=world_size, local_rank=rank, init_method=init_method, timeout_s=config.timeout_s)
     try:

@@ -1,0 +1,119 @@
+"""End to end: real processes, real torch.distributed, Opacus, peft, secagg and PRV.
+
+Both launch paths are covered: `fedsim run` spawning its own local world, and
+`python -m torch.distributed.run` (torchrun) starting the ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
+def fedsim(*args: str, timeout: float = 400) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "fedsim", *args], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def result_json(completed: subprocess.CompletedProcess) -> dict:
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory) -> tuple[Path, dict]:
+    """A short run of the default text job: 2 clients, bundled MiniLM, two methods."""
+    run_dir = tmp_path_factory.mktemp("runs") / "text"
+    completed = fedsim(
+        "run", "--method", "la-lora,ffa-lora", "--clients", "2", "--rounds", "2", "--local-steps", "2",
+        "--limit", "240", "--batch-size", "16", "--eval-every", "2", "--run-dir", str(run_dir),
+    )
+    return run_dir, result_json(completed)
+
+
+def test_local_world_writes_a_complete_run_dir(text_run):
+    run_dir, result = text_run
+    assert [r["method"] for r in result["results"]] == ["la-lora", "ffa-lora"]
+    assert json.loads((run_dir / "config.json").read_text())["num_clients"] == 2
+    for method in ("la-lora", "ffa-lora"):
+        out = run_dir / method
+        metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert [m["round"] for m in metrics] == [1, 2]
+        ledger = (out / "ledger.jsonl").read_text().splitlines()
+        assert len(ledger) == 2 * 2  # one record per client per round
+        assert (out / "adapter" / "adapter_config.json").is_file()
+    for summary in result["results"]:
+        assert 0 < summary["epsilon"] < 50 and summary["delta"] == 1e-5
+        assert 0.0 <= summary["accuracy"] <= 1.0
+
+
+def test_budget_recomputes_the_printed_epsilon_from_the_ledger(text_run):
+    run_dir, result = text_run
+    rows = json.loads(fedsim("budget", str(run_dir), "--json").stdout)
+    assert {r["method"] for r in rows} == {"la-lora", "ffa-lora"}
+    for summary in result["results"]:
+        worst = max(r["epsilon_upper"] for r in rows if r["method"] == summary["method"])
+        assert worst == summary["epsilon"]
+        assert all(r["epsilon_lower"] <= r["epsilon_estimate"] <= r["epsilon_upper"] for r in rows)
+        assert all(r["steps"] == 2 * 2 for r in rows)
+
+
+def test_saved_adapter_loads_back_with_peft(text_run):
+    import peft
+
+    from fedsim.config import config_from_json
+    from fedsim.job import model_spec
+    from fedsim.models import build_model
+
+    run_dir, _ = text_run
+    config = config_from_json((run_dir / "config.json").read_text())
+    spec = model_spec(config, num_classes=8)
+    torch.manual_seed(123)  # a different LoRA init: the loaded weights must override it
+    base = build_model(spec).get_base_model()
+    loaded = peft.PeftModel.from_pretrained(base, str(run_dir / "la-lora" / "adapter"))
+    saved = peft.utils.load_peft_weights(str(run_dir / "la-lora" / "adapter"))
+    state = peft.get_peft_model_state_dict(loaded)
+    assert set(saved) == set(state)
+    for name, value in saved.items():
+        torch.testing.assert_close(state[name], value)
+    assert any("lora_B" in name and value.abs().sum() > 0 for name, value in saved.items())
+
+
+def test_bad_input_exits_2_naming_the_field(tmp_path):
+    completed = fedsim("run", "--noise-multiplier", "-1", "--run-dir", str(tmp_path / "x"))
+    assert completed.returncode == 2
+    assert "noise_multiplier" in completed.stderr and "-1" in completed.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_torchrun_launch_trains_a_timm_vit_on_digits(tmp_path):
+    config = tmp_path / "vit.toml"
+    config.write_text(
+        'methods = ["dp-lora"]\ndataset = "digits"\nmodel = "vit_tiny_patch16_224"\npretrained = false\n'
+        "img_size = 16\nlimit = 300\nrounds = 2\nlocal_steps = 2\nbatch_size = 16\neval_every = 1\n"
+        "[model_kwargs]\npatch_size = 4\ndepth = 2\nembed_dim = 48\nnum_heads = 2\n"
+    )
+    run_dir = tmp_path / "vit"
+    completed = subprocess.run(
+        [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=3",
+            "-m", "fedsim", "run", "--config", str(config), "--run-dir", str(run_dir),
+        ],
+        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=400,
+    )
+    result = result_json(completed)
+    assert result["results"][0]["method"] == "dp-lora"
+    ledger = [json.loads(line) for line in (run_dir / "ledger.jsonl").read_text().splitlines()]
+    assert sorted({r["client"] for r in ledger}) == [1, 2]  # WORLD_SIZE 3 = server + 2 clients
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 2 and all(m["accuracy"] is not None for m in metrics)
