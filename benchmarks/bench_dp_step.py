@@ -9,8 +9,10 @@ both alike; the script prints median seconds per sample and the ratio (target â‰
 from __future__ import annotations
 
 import argparse
+import logging
 import statistics
 import time
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +23,7 @@ from fedsim.config import RunConfig
 from fedsim.data import load_dataset
 from fedsim.dp_optimizer import FactorwiseDPOptimizer
 from fedsim.job import Task, model_inputs, model_spec
+from fedsim.launch import configure_process_logging
 from fedsim.models import build_model, factor_parameters
 
 TARGET = 1.15
@@ -63,6 +66,8 @@ def main() -> None:
     parser.add_argument("--method", default="la-lora", choices=["la-lora", "dp-lora", "ffa-lora"])
     args = parser.parse_args()
     torch.set_num_threads(1)
+    configure_process_logging(logging.WARNING)
+    warnings.filterwarnings("ignore", message="Full backward hook is firing")
 
     config = RunConfig()
     data = load_dataset(config.dataset, seed=0, limit=config.limit)

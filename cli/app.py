@@ -115,6 +115,7 @@ def run(
     """
     from fedsim.config import ConfigError, build_config, load_config_file
     from fedsim.launch import LaunchError, configure_process_logging, launch_local, launch_torchrun
+    from fedsim.preflight import preflight
     from fedsim.runtime import torchrun_world_size, under_torchrun
 
     torchrun = under_torchrun()
@@ -135,6 +136,7 @@ def run(
             partition=partition, dirichlet_alpha=dirichlet_alpha, seed=seed, eval_every=eval_every,
             threads_per_process=threads, run_dir=str(run_dir) if run_dir else None,
         )
+        preflight(config)
     except (ConfigError, TypeError) as exc:
         fail(str(exc))
     is_server = not torchrun or int(os.environ["RANK"]) == 0

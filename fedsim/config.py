@@ -49,28 +49,28 @@ class RunConfig:
     limit: int | None = 2400
     # Federation.
     num_clients: int = 4
-    rounds: int = 5
-    local_steps: int = 5
+    rounds: int = 8
+    local_steps: int = 6
     partition: str = "iid"
     dirichlet_alpha: float = 0.5
     # LoRA and optimisation.
     lora_rank: int = 8
     lora_alpha: float = 16.0
     optimizer: str = "adamw"
-    lr: float = 2e-3
-    head_lr: float = 5e-3
+    lr: float = 1e-2
+    head_lr: float = 2e-2
     b_lr_ratio: float = 2.0
     smoothing: float = 1.0
     # Sample-level DP-SGD (Abadi et al. 2016) on every client.
     batch_size: int = 32
-    noise_multiplier: float = 0.8
+    noise_multiplier: float = 1.0
     max_grad_norm: float = 1.0
     delta: float = 1e-5
     # Secure aggregation.
     secagg_clip_range: float = 1.0
     # Runtime.
     seed: int = 0
-    eval_every: int = 5
+    eval_every: int = 4
     threads_per_process: int = 1
     timeout_s: float = 600.0
     run_dir: str | None = None

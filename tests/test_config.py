@@ -48,3 +48,16 @@ def test_file_values_are_overridden_by_options(tmp_path):
 def test_image_dataset_needs_a_timm_model():
     with pytest.raises(ConfigError, match="model"):
         build_config(dataset="digits")
+
+
+def test_preflight_names_what_cannot_work(tmp_path):
+    from fedsim.preflight import preflight
+
+    with pytest.raises(ConfigError, match="dataset.*missing.csv"):
+        preflight(build_config(dataset=f"csv:{tmp_path / 'missing.csv'}"))
+    with pytest.raises(ConfigError, match="model.*timm"):
+        preflight(build_config(dataset="digits", model="not_a_model_v9"))
+    with pytest.raises(ConfigError, match="secagg_clip_range"):
+        preflight(build_config(secagg_clip_range=1e4, num_clients=1024, limit=None))
+    with pytest.raises(ConfigError, match="num_clients"):
+        preflight(build_config(limit=10, num_clients=50))
