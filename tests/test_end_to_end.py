@@ -116,3 +116,16 @@ def test_torchrun_launch_trains_a_timm_vit_on_digits(tmp_path):
     assert sorted({r["client"] for r in ledger}) == [1, 2]  # WORLD_SIZE 3 = server + 2 clients
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 2 and all(m["accuracy"] is not None for m in metrics)
+
+
+def test_the_default_job_learns_under_dp(tmp_path):
+    """`fedsim run` with no options: the README's first command (accuracy and ε claims)."""
+    run_dir = tmp_path / "default"
+    result = result_json(fedsim("run", "--run-dir", str(run_dir), timeout=600))
+    (summary,) = result["results"]
+    assert summary["method"] == "la-lora" and summary["rounds"] == 8
+    assert summary["initial_accuracy"] < 0.2  # untrained: near chance (1/8)
+    assert summary["accuracy"] >= 0.5, summary  # clearly learned, under DP
+    assert summary["epsilon_method"] == "prv" and 2.7 < summary["epsilon"] < 2.9
+    rows = json.loads(fedsim("budget", str(run_dir), "--json").stdout)
+    assert len(rows) == 4 and max(r["epsilon_upper"] for r in rows) == summary["epsilon"]
