@@ -19,6 +19,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cli.budget import budget_command
+from fedsim.config import RunConfig
+
+DEFAULTS = RunConfig()
+
+
+def default(field_name: str) -> str:
+    """The " (default: …)" suffix of a help text, read from the bundled default job's config."""
+    value = getattr(DEFAULTS, field_name)
+    if isinstance(value, tuple):
+        value = ",".join(value)
+    return f" (default: {value})"
 
 app = typer.Typer(
     help=(
@@ -82,29 +93,33 @@ def fail(message: str, code: int = 2) -> None:
 @app.command()
 def run(
     config_file: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML file whose top-level keys are run options (underscored names); options given here override it."),
-    methods: Optional[str] = typer.Option(None, "--method", "-m", help="Comma-separated methods to compare: la-lora (alternating factors + smoothing), dp-lora (A and B together), ffa-lora (A frozen)."),
-    dataset: Optional[str] = typer.Option(None, help="wordnet-supersenses (bundled text), digits (scikit-learn), fashion-mnist (Debian package), csv:PATH (text,label) or imagefolder:PATH."),
-    model: Optional[str] = typer.Option(None, help="Text: all-MiniLM-L6-v2 (bundled weights) or a transformers checkpoint/dir. Images: a timm ViT or Swin name."),
+    methods: Optional[str] = typer.Option(None, "--method", "-m", help="Comma-separated methods to compare: la-lora (alternating factors + smoothing), dp-lora (A and B together), ffa-lora (A frozen)." + default('methods')),
+    dataset: Optional[str] = typer.Option(None, help="wordnet-supersenses (bundled text), digits (scikit-learn), fashion-mnist (Debian package), csv:PATH (text,label) or imagefolder:PATH." + default('dataset')),
+    model: Optional[str] = typer.Option(None, help="Text: all-MiniLM-L6-v2 (bundled weights) or a transformers checkpoint/dir. Images: a timm ViT or Swin name." + default('model')),
     pretrained: Optional[bool] = typer.Option(None, "--pretrained/--random-init", help="Start from pretrained weights (timm needs a model hub)."),
-    img_size: Optional[int] = typer.Option(None, help="Image side in pixels for timm models."),
-    limit: Optional[int] = typer.Option(None, help="Use at most this many training examples (stratified)."),
+    img_size: Optional[int] = typer.Option(None, help="Image side in pixels for timm models." + default('img_size')),
+    limit: Optional[int] = typer.Option(None, help="Use at most this many training examples (stratified)." + default('limit')),
     clients: Optional[int] = typer.Option(None, "--clients", "-n", help="Number of client processes (default 4; under torchrun: WORLD_SIZE - 1)."),
-    rounds: Optional[int] = typer.Option(None, "--rounds", "-r", help="Communication rounds."),
-    local_steps: Optional[int] = typer.Option(None, "--local-steps", "-k", help="DP-SGD steps per client per round (K)."),
-    batch_size: Optional[int] = typer.Option(None, help="Expected batch size B; Poisson sampling rate q = B / n_i."),
-    noise_multiplier: Optional[float] = typer.Option(None, "--noise-multiplier", "--sigma", help="Gaussian noise σ, in units of the clipping norm."),
-    max_grad_norm: Optional[float] = typer.Option(None, "--max-grad-norm", "--clip", help="Per-sample clipping norm C."),
-    delta: Optional[float] = typer.Option(None, help="δ at which ε is reported."),
-    lr: Optional[float] = typer.Option(None, help="Learning rate of the LoRA factors (AdamW)."),
-    head_lr: Optional[float] = typer.Option(None, help="Learning rate of the classifier head."),
-    b_lr_ratio: Optional[float] = typer.Option(None, help="LA-LoRA: B's learning rate as a multiple of A's."),
-    smoothing: Optional[float] = typer.Option(None, help="LA-LoRA: Laplacian smoothing strength σ_ls (0 disables)."),
-    lora_rank: Optional[int] = typer.Option(None, help="LoRA rank r."),
-    partition: Optional[str] = typer.Option(None, help="iid or dirichlet."),
-    dirichlet_alpha: Optional[float] = typer.Option(None, "--alpha", help="Dirichlet concentration α for non-IID splits (smaller is more skewed)."),
-    seed: Optional[int] = typer.Option(None, help="Public seed: data split, partition and initial LoRA factors. DP noise and sampling use the OS CSPRNG."),
-    eval_every: Optional[int] = typer.Option(None, help="Evaluate the global model every this many rounds (and at the end)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads per process."),
+    rounds: Optional[int] = typer.Option(None, "--rounds", "-r", help="Communication rounds." + default('rounds')),
+    local_steps: Optional[int] = typer.Option(None, "--local-steps", "-k", help="DP-SGD steps per client per round (K)." + default('local_steps')),
+    batch_size: Optional[int] = typer.Option(None, help="Expected batch size B; Poisson sampling rate q = B / n_i." + default('batch_size')),
+    noise_multiplier: Optional[float] = typer.Option(None, "--noise-multiplier", "--sigma", help="Gaussian noise σ, in units of the clipping norm." + default('noise_multiplier')),
+    max_grad_norm: Optional[float] = typer.Option(None, "--max-grad-norm", "--clip", help="Per-sample clipping norm C." + default('max_grad_norm')),
+    delta: Optional[float] = typer.Option(None, help="δ at which ε is reported." + default('delta')),
+    lr: Optional[float] = typer.Option(None, help="Learning rate of the LoRA factors (AdamW)." + default('lr')),
+    head_lr: Optional[float] = typer.Option(None, help="Learning rate of the classifier head." + default('head_lr')),
+    b_lr_ratio: Optional[float] = typer.Option(None, help="LA-LoRA: B's learning rate as a multiple of A's." + default('b_lr_ratio')),
+    smoothing: Optional[float] = typer.Option(None, help="LA-LoRA: Laplacian smoothing strength σ_ls (0 disables)." + default('smoothing')),
+    lora_rank: Optional[int] = typer.Option(None, help="LoRA rank r." + default('lora_rank')),
+    partition: Optional[str] = typer.Option(None, help="iid or dirichlet." + default('partition')),
+    dirichlet_alpha: Optional[float] = typer.Option(None, "--alpha", help="Dirichlet concentration α for non-IID splits (smaller is more skewed)." + default('dirichlet_alpha')),
+    seed: Optional[int] = typer.Option(None, help="Public seed: data split, partition and initial LoRA factors. DP noise and sampling use the OS CSPRNG." + default('seed')),
+    eval_every: Optional[int] = typer.Option(None, help="Evaluate the global model every this many rounds (and at the end)." + default('eval_every')),
+    optimizer: Optional[str] = typer.Option(None, help="adamw or sgd (plain SGD, useful to see clipping at work)." + default("optimizer")),
+    max_length: Optional[int] = typer.Option(None, help="Text: tokens per example (pad/truncate)." + default("max_length")),
+    secagg_clip_range: Optional[float] = typer.Option(None, help="Secure aggregation: each update coordinate is clipped to ±R before fixed-point encoding." + default("secagg_clip_range")),
+    timeout: Optional[float] = typer.Option(None, help="Seconds a rank waits for a collective before the run fails." + default("timeout_s")),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads per process." + default('threads_per_process')),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", "-o", help="Output directory (default runs/<time>-<methods>); must not hold a previous run."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log protocol details."),
 ) -> None:
@@ -112,6 +127,17 @@ def run(
 
     Without torchrun this spawns a local world: rank 0 = server, one process per client.
     Under `torchrun --nproc-per-node=W -m fedsim run ...` each process is one rank.
+    With no options it runs the bundled default job (LA-LoRA, MiniLM, WordNet glosses).
+
+    Examples:
+
+      fedsim run --method la-lora,dp-lora,ffa-lora --rounds 10
+
+      fedsim run --dataset digits --model vit_tiny_patch16_224 --random-init --img-size 32
+
+      torchrun --nproc-per-node=5 -m fedsim run --config job.toml
+
+    Outputs go to --run-dir; `fedsim budget RUN_DIR` re-derives every ε from its ledger.
     """
     from fedsim.config import ConfigError, build_config, load_config_file
     from fedsim.launch import LaunchError, configure_process_logging, launch_local, launch_torchrun
@@ -134,6 +160,7 @@ def run(
             noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm, delta=delta, lr=lr,
             head_lr=head_lr, b_lr_ratio=b_lr_ratio, smoothing=smoothing, lora_rank=lora_rank,
             partition=partition, dirichlet_alpha=dirichlet_alpha, seed=seed, eval_every=eval_every,
+            optimizer=optimizer, max_length=max_length, secagg_clip_range=secagg_clip_range, timeout_s=timeout,
             threads_per_process=threads, run_dir=str(run_dir) if run_dir else None,
         )
         preflight(config)

@@ -8,7 +8,8 @@ Per method, per round (DESIGN.md, "One round"):
    server only ever holds masked vectors and their sum;
 4. the server applies the mean update, appends one ledger record per client (the mechanism
    the client ran), composes each client's ε with the PRV accountant, evaluates on schedule
-   and writes ``metrics.jsonl``; at the end it saves the adapter with peft.
+   and writes ``metrics.jsonl``; it checkpoints the adapter with peft every round, so a
+   crash loses at most the round in flight.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,11 +160,10 @@ def participate(config: RunConfig, world: World, task: Task, method: Method, mod
         optim=OptimSettings(config.optimizer, config.lr, config.head_lr, config.b_lr_ratio, config.smoothing),
         device=world.device,
     )
-    names = sent_names(factors, method)
+    dim = sum(client.params[n].numel() for n in client.sent_names)
     secagg = SecureSumConfig(clip_range=config.secagg_clip_range)
     rounding = secret_generator(torch.device("cpu"))  # stochastic rounding in the fixed-point encoding
     for round_idx in range(1, config.rounds + 1):
-        dim = sum(client.params[n].numel() for n in names)
         global_vector = broadcast_vector(torch.empty(dim), world)
         update, report = client.train_round(global_vector, config.local_steps)
         client_secure_sum(
@@ -176,6 +177,20 @@ def participate(config: RunConfig, world: World, task: Task, method: Method, mod
             group=world.control_group,
         )
         dist.gather_object(report, None, dst=SERVER_RANK, group=world.control_group)
+
+
+def save_adapter(model, path: Path) -> None:
+    """Checkpoint the global adapter with peft's ``save_pretrained``, replacing the last one.
+
+    Written beside the target first, so a crash mid-write leaves the previous checkpoint.
+    """
+    staging = path.with_name(path.name + ".partial")
+    if staging.exists():
+        shutil.rmtree(staging)
+    model.save_pretrained(str(staging))
+    if path.exists():
+        shutil.rmtree(path)
+    staging.rename(path)
 
 
 class EpsilonCache:
@@ -253,8 +268,8 @@ def serve(config: RunConfig, world: World, task: Task, method: Method, model, fa
         )
         with metrics_path.open("a") as handle:
             handle.write(json.dumps(row.to_dict()) + "\n")
+        save_adapter(model, out / ADAPTER_DIR)
         observer.round_finished(row)
-    model.save_pretrained(str(out / ADAPTER_DIR))
     summary = MethodSummary(
         method=method.name,
         rounds=config.rounds,
