@@ -36,7 +36,7 @@ from scipy.optimize import brentq
 from scipy.special import log_ndtr, ndtr
 
 from .mechanisms import Mechanism, PoissonSubsampledGaussian, merge_mechanisms
-from .rdp import rdp_epsilon
+from .rdp import check_delta, rdp_epsilon
 
 __all__ = [
     "METHOD_PRV",
@@ -125,14 +125,6 @@ class EpsilonBound:
 # --------------------------------------------------------------------------- validation
 
 
-def _check_delta(delta: float) -> float:
-    if isinstance(delta, bool) or not isinstance(delta, (int, float, np.floating)):
-        raise ValueError(f"delta must be a real number in (0, 1), got {delta!r}")
-    if not 0.0 < float(delta) < 1.0:
-        raise ValueError(f"delta must be in (0, 1), got {delta!r}")
-    return float(delta)
-
-
 def _check_eps_error(eps_error: float) -> float:
     if isinstance(eps_error, bool) or not isinstance(eps_error, (int, float, np.floating)):
         raise ValueError(f"eps_error must be a real number in (0, 1], got {eps_error!r}")
@@ -163,7 +155,7 @@ def gaussian_epsilon(mu: float, delta: float) -> float:
     with Brent's method (scipy ``brentq``), then nudged upward until
     ``gaussian_delta(eps) <= delta`` holds in floating point.
     """
-    delta = _check_delta(delta)
+    delta = check_delta(delta)
     if not (mu > 0.0 and math.isfinite(mu)):
         raise ValueError(f"mu must be finite and > 0, got {mu!r}")
     if gaussian_delta(0.0, mu) <= delta:
@@ -307,7 +299,7 @@ def prv_epsilon(
         eps_error: half-width of the certified band, in (0, 1]; <= 0.01 recommended.
         max_grid_points: cap on the PRV discretisation (memory/time guard).
     """
-    delta = _check_delta(delta)
+    delta = check_delta(delta)
     eps_error = _check_eps_error(eps_error)
     if isinstance(max_grid_points, bool) or not isinstance(max_grid_points, int) or max_grid_points < 2:
         raise ValueError(f"max_grid_points must be an integer >= 2, got {max_grid_points!r}")

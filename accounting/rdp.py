@@ -47,7 +47,8 @@ DEFAULT_ORDERS: tuple[float, ...] = (
 )
 
 
-def _check_delta(delta: float) -> float:
+def check_delta(delta: float) -> float:
+    """``delta`` as a float, or a ValueError naming it and the range (0, 1)."""
     if isinstance(delta, bool) or not isinstance(delta, (int, float, np.floating)):
         raise ValueError(f"delta must be a real number in (0, 1), got {delta!r}")
     if not 0.0 < float(delta) < 1.0:
@@ -116,7 +117,7 @@ def rdp_to_epsilon(rdp: Sequence[float], orders: Sequence[float], delta: float) 
     take the minimum over orders. Clamped at 0 ((eps<0, delta)-DP implies (0, delta)-DP).
     Returns ``(inf, nan)`` when every order is infinite.
     """
-    delta = _check_delta(delta)
+    delta = check_delta(delta)
     orders_arr = _check_orders(orders)
     rdp_arr = np.asarray(rdp, dtype=float)
     if rdp_arr.shape != orders_arr.shape:
@@ -135,7 +136,7 @@ def rdp_epsilon(mechanisms: Sequence[Mechanism], delta: float, orders: Sequence[
 
     Zero total steps gives 0.
     """
-    delta = _check_delta(delta)
+    delta = check_delta(delta)
     merged = merge_mechanisms(mechanisms)
     if not merged:
         return 0.0

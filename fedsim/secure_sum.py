@@ -23,7 +23,6 @@ default group).  Messages are fixed-layout byte or int32 tensors, never pickles.
 from __future__ import annotations
 
 import logging
-import math
 import struct
 import time
 from collections.abc import Iterator
@@ -36,8 +35,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from secagg import (
     PUBLIC_KEY_BYTES,
-    SUPPORTED_MODULUS_BITS,
     FixedPointCodec,
+    check_ring,
     generate_private_key,
     mask_input_,
     pairwise_mask_key,
@@ -93,16 +92,7 @@ class SecureSumConfig:
     modulus_bits: int = 32
 
     def __post_init__(self) -> None:
-        if isinstance(self.clip_range, bool) or not isinstance(self.clip_range, (int, float)):
-            raise ValueError(f"clip_range must be a real number, got {self.clip_range!r}")
-        if not (math.isfinite(self.clip_range) and self.clip_range > 0):
-            raise ValueError(
-                f"clip_range must be finite and in (0, inf), got {self.clip_range!r}"
-            )
-        if self.modulus_bits not in SUPPORTED_MODULUS_BITS:
-            raise ValueError(
-                f"modulus_bits must be one of {SUPPORTED_MODULUS_BITS}, got {self.modulus_bits!r}"
-            )
+        check_ring(self.clip_range, self.modulus_bits)
 
     def codec(self, num_clients: int) -> FixedPointCodec:
         """The fixed-point code with headroom for the sum of ``num_clients`` updates."""

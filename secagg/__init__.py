@@ -21,6 +21,7 @@ from secagg.agreement import (
 from secagg.encoding import (
     SUPPORTED_MODULUS_BITS,
     FixedPointCodec,
+    check_ring,
     fixed_point_frac_bits,
     wrapping_add,
     wrapping_add_,
@@ -37,6 +38,7 @@ __all__ = [
     "SUPPORTED_MODULUS_BITS",
     "FixedPointCodec",
     "Keystream",
+    "check_ring",
     "fixed_point_frac_bits",
     "generate_private_key",
     "keystream_into",

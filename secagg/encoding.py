@@ -60,6 +60,18 @@ _RING_DTYPE = {32: torch.int32}
 _UNSIGNED_VIEW = {32: np.uint32}
 
 
+def check_ring(clip_range: float, modulus_bits: int) -> None:
+    """Validate the clipping range (a finite real > 0) and the ring Z_(2^modulus_bits)."""
+    if isinstance(clip_range, bool) or not isinstance(clip_range, (int, float)):
+        raise ValueError(f"clip_range must be a real number, got {clip_range!r}")
+    if not (math.isfinite(clip_range) and clip_range > 0):
+        raise ValueError(f"clip_range must be finite and in (0, inf), got {clip_range!r}")
+    if modulus_bits not in SUPPORTED_MODULUS_BITS:
+        raise ValueError(
+            f"modulus_bits must be one of {SUPPORTED_MODULUS_BITS} (64 is planned), got {modulus_bits!r}"
+        )
+
+
 def fixed_point_frac_bits(clip_range: float, num_parties: int, modulus_bits: int) -> int | None:
     """Largest f with ``num_parties * ceil(clip_range * 2^f) <= 2^(modulus_bits-1) - 1``.
 
@@ -120,21 +132,11 @@ class FixedPointCodec:
     frac_bits: int = field(init=False)
 
     def __post_init__(self) -> None:
-        if isinstance(self.clip_range, bool) or not isinstance(self.clip_range, (int, float)):
-            raise ValueError(f"clip_range must be a real number, got {self.clip_range!r}")
-        if not (math.isfinite(self.clip_range) and self.clip_range > 0):
-            raise ValueError(
-                f"clip_range must be finite and in (0, inf), got {self.clip_range!r}"
-            )
+        check_ring(self.clip_range, self.modulus_bits)
         if isinstance(self.num_parties, bool) or not isinstance(self.num_parties, int):
             raise ValueError(f"num_parties must be an int >= 1, got {self.num_parties!r}")
         if self.num_parties < 1:
             raise ValueError(f"num_parties must be >= 1, got {self.num_parties}")
-        if self.modulus_bits not in SUPPORTED_MODULUS_BITS:
-            raise ValueError(
-                f"modulus_bits must be one of {SUPPORTED_MODULUS_BITS} (64 is planned), "
-                f"got {self.modulus_bits!r}"
-            )
         frac_bits = fixed_point_frac_bits(self.clip_range, self.num_parties, self.modulus_bits)
         if frac_bits is None:
             limit = 2 ** (self.modulus_bits - 1) - 1
