@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 LEDGER_FILE = "ledger.jsonl"
@@ -48,7 +49,7 @@ def budget_command(
         try:
             records = read_ledger(path)
         except LedgerError as exc:
-            err.print(f"[bold red]error:[/] {exc}")
+            err.print(f"[bold red]error:[/] {escape(str(exc))}")
             raise typer.Exit(1)
         at = delta if delta is not None else (records[0].delta if records else 1e-5)
         histories = client_mechanisms(records)

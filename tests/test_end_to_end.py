@@ -129,3 +129,41 @@ def test_the_default_job_learns_under_dp(tmp_path):
     assert summary["epsilon_method"] == "prv" and 2.7 < summary["epsilon"] < 2.9
     rows = json.loads(fedsim("budget", str(run_dir), "--json").stdout)
     assert len(rows) == 4 and max(r["epsilon_upper"] for r in rows) == summary["epsilon"]
+
+
+def test_a_dead_client_fails_the_run_cleanly_and_completed_rounds_survive(tmp_path):
+    """Kill a client mid-run: exit 1 naming it, no hang; ledger, metrics and adapter intact."""
+    import time
+
+    import psutil
+
+    from accounting import read_ledger
+
+    run_dir = tmp_path / "crash"
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "fedsim", "run", "--clients", "2", "--rounds", "500", "--local-steps", "1",
+            "--limit", "200", "--batch-size", "8", "--eval-every", "1000", "--run-dir", str(run_dir),
+        ],
+        cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    ledger = run_dir / "ledger.jsonl"
+    deadline = time.monotonic() + 300
+    while not (ledger.exists() and len(ledger.read_text().splitlines()) >= 4):
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before two rounds"
+        time.sleep(0.2)
+    forkserver_children = [
+        p for p in psutil.Process(process.pid).children(recursive=True)
+        if any("forkserver" in part for part in psutil.Process(p.ppid()).cmdline())
+    ]
+    assert len(forkserver_children) == 2  # the two client processes
+    forkserver_children[0].kill()
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 1
+    assert "exited with code -9" in stderr
+    records = read_ledger(ledger)  # every line whole: fsync per round, never a torn record
+    rounds = sorted({r.round for r in records})
+    assert rounds == list(range(1, len(rounds) + 1)) and len(records) == 2 * len(rounds)
+    metrics = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert len(metrics) >= len(rounds) - 1
+    assert (run_dir / "adapter" / "adapter_config.json").is_file()
