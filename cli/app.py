@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cli.budget import budget_command
+from cli.plots import plot_run
 from fedsim.config import RunConfig
 
 DEFAULTS = RunConfig()
@@ -183,6 +184,7 @@ def run(
         fail(str(exc), code=1)
     if is_server:
         console.print(summary_table(summaries, config.delta))
+        console.print(f"curves: {plot_run(out, summaries)}   budget: fedsim budget {out}")
         typer.echo(json.dumps({"run_dir": str(out), "results": [s.to_dict() for s in summaries]}))
 
 

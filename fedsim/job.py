@@ -26,7 +26,15 @@ from typing import Mapping, Sequence
 import torch
 import torch.distributed as dist
 
-from accounting import EpsilonBound, Ledger, LedgerRecord, PoissonSubsampledGaussian, client_mechanisms, prv_epsilon
+from accounting import (
+    METHOD_NONE,
+    EpsilonBound,
+    Ledger,
+    LedgerRecord,
+    PoissonSubsampledGaussian,
+    client_mechanisms,
+    prv_epsilon,
+)
 from fedsim.algorithms import Method, get_method
 from fedsim.client import DPSettings, LocalClient, OptimSettings, RoundReport, secret_generator
 from fedsim.config import RunConfig
@@ -213,7 +221,7 @@ def serve(config: RunConfig, world: World, task: Task, method: Method, model, fa
     out.mkdir(parents=True, exist_ok=True)
     ledger = Ledger(out / LEDGER_FILE)
     metrics_path = out / METRICS_FILE
-    broadcast_session_id = broadcast_session(world)
+    session = broadcast_session(world)
     sync_initial_state(world, factors)
     params = all_factor_params(factors)
     names = sent_names(factors, method)
@@ -224,7 +232,7 @@ def serve(config: RunConfig, world: World, task: Task, method: Method, model, fa
     accuracy = initial_accuracy
     records: list[LedgerRecord] = []
     epsilons = EpsilonCache(config.delta)
-    worst = EpsilonBound(0.0, 0.0, 0.0, config.delta, "prv")
+    worst = EpsilonBound(0.0, 0.0, 0.0, config.delta, METHOD_NONE)  # nothing released yet
     observer.method_started(method.name, config.rounds)
     for round_idx in range(1, config.rounds + 1):
         round_start = time.perf_counter()
@@ -232,7 +240,7 @@ def serve(config: RunConfig, world: World, task: Task, method: Method, model, fa
         total = server_secure_sum(
             dim=sum(params[n].numel() for n in names),
             round_idx=round_idx,
-            session=broadcast_session_id,
+            session=session,
             num_clients=world.num_clients,
             config=secagg,
             group=world.control_group,

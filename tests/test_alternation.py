@@ -107,3 +107,16 @@ def test_round_update_covers_only_sent_factors():
     assert update.numel() == global_vector.numel() and update.abs().sum() > 0
     assert report.steps == 3 and report.sample_rate == pytest.approx(16 / 64)
     assert all(torch.equal(a_before[n], p) for n, p in factors["A"].items())
+
+
+def test_an_empty_poisson_sample_is_still_a_noisy_step():
+    """q·n small enough that a batch can be empty: the step adds noise, it is not skipped."""
+    client, factors = tiny_client("dp-lora", noise=1.0, clip=1.0, optimizer="sgd", lr=1.0)
+    empty = (torch.zeros((0, 6)), torch.zeros((0,), dtype=torch.long))
+    client.batches = iter([empty] * 2)
+    before = snapshot(factors)
+    global_vector = torch.cat([client.params[n].detach().reshape(-1) for n in client.sent_names])
+    update, report = client.train_round(global_vector, 2)
+    assert report.steps == 2
+    assert update.abs().sum() > 0  # pure noise moved the parameters
+    assert all(not torch.equal(before["A"][n], p) for n, p in factors["A"].items())

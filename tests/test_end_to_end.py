@@ -45,6 +45,7 @@ def test_local_world_writes_a_complete_run_dir(text_run):
     run_dir, result = text_run
     assert [r["method"] for r in result["results"]] == ["la-lora", "ffa-lora"]
     assert json.loads((run_dir / "config.json").read_text())["num_clients"] == 2
+    assert (run_dir / "curves.png").stat().st_size > 10_000  # accuracy and ε per round, both methods
     for method in ("la-lora", "ffa-lora"):
         out = run_dir / method
         metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

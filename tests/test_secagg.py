@@ -364,3 +364,21 @@ def test_unmask_sum_of_masked_inputs_is_wrapping_sum(
     ]
     masked = [mask_input(x, u, keys[u]) for u, x in zip(ids, inputs)]
     assert torch.equal(unmask_sum(masked), wrapping_sum(inputs))
+
+
+def test_secagg_stands_alone() -> None:
+    """DESIGN.md: secagg never imports fedsim, accounting, cli, nor uses torch.distributed."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = (
+        "import sys, secagg\n"
+        "bad = [m for m in ('fedsim', 'accounting', 'cli') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    for source in (root / "secagg").glob("*.py"):
+        assert "distributed" not in source.read_text(), source  # (torch itself imports it)
