@@ -120,3 +120,13 @@ def test_an_empty_poisson_sample_is_still_a_noisy_step():
     assert report.steps == 2
     assert update.abs().sum() > 0  # pure noise moved the parameters
     assert all(not torch.equal(before["A"][n], p) for n, p in factors["A"].items())
+
+
+def test_noise_and_sampling_do_not_follow_the_public_seed():
+    """Same public seed, same data, same init: two clients still draw different noise and samples."""
+    updates = []
+    for _ in range(2):
+        client, _ = tiny_client("dp-lora", noise=1.0, clip=1.0)
+        global_vector = torch.cat([client.params[n].detach().reshape(-1) for n in client.sent_names])
+        updates.append(client.train_round(global_vector, 2)[0])
+    assert not torch.equal(updates[0], updates[1])
