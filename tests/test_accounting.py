@@ -6,8 +6,6 @@ import json
 import logging
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +34,6 @@ from accounting.rdp import subsampled_gaussian_rdp
 
 DELTA = 1e-5
 EPS_ERROR = 0.01
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def psg(sigma: float, q: float, steps: int) -> PoissonSubsampledGaussian:
@@ -379,10 +376,7 @@ def test_epsilon_bound_validation_and_round_trip() -> None:
 
 
 def test_accounting_imports_no_torch_or_sibling_packages() -> None:
-    code = (
-        "import sys, accounting\n"
-        "bad = [m for m in ('torch', 'torch.distributed', 'fedsim', 'secagg', 'cli', 'opacus') if m in sys.modules]\n"
-        "assert not bad, bad\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
+    from tests.isolation import loaded_modules_after_import
+
+    forbidden = ("torch", "torch.distributed", "fedsim", "secagg", "cli", "opacus")
+    assert loaded_modules_after_import("accounting", forbidden) == []

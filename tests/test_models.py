@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import copy
-import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+import pytest
+import torch
+from peft import PeftModel, get_peft_model
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from peft import PeftModel, get_peft_model  # noqa: E402
-
-from fedsim.models import (  # noqa: E402
+from fedsim.models import (
     ModelSpec,
     build_base_model,
     build_model,
@@ -24,8 +20,8 @@ from fedsim.models import (  # noqa: E402
     tokenize,
     trainable_state,
 )
-from fedsim.text_model import masked_mean_pool  # noqa: E402
-from fedsim.window_unfold import STATE_ATTR, fold_windows, unfold_windows  # noqa: E402
+from fedsim.text_model import masked_mean_pool
+from fedsim.window_unfold import STATE_ATTR, fold_windows, unfold_windows
 
 VIT_SPEC = ModelSpec(
     family="timm",

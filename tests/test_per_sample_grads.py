@@ -7,22 +7,17 @@ each sample alone, then compares with `GradSampleModule` (hooks mode, mean loss)
 
 from __future__ import annotations
 
-import os
+import pytest
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from opacus import GradSampleModule
+from peft import get_peft_model
+from torch.nn.modules.batchnorm import _BatchNorm
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-import pytest  # noqa: E402
-import timm  # noqa: E402
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from opacus import GradSampleModule  # noqa: E402
-from peft import get_peft_model  # noqa: E402
-from torch.nn.modules.batchnorm import _BatchNorm  # noqa: E402
-
-from fedsim.batchnorm import neutralize_batchnorm  # noqa: E402
-from fedsim.models import (  # noqa: E402
+from fedsim.batchnorm import neutralize_batchnorm
+from fedsim.models import (
     ModelSpec,
     build_base_model,
     build_model,

@@ -368,17 +368,8 @@ def test_unmask_sum_of_masked_inputs_is_wrapping_sum(
 
 def test_secagg_stands_alone() -> None:
     """DESIGN.md: secagg never imports fedsim, accounting, cli, nor uses torch.distributed."""
-    import subprocess
-    import sys
-    from pathlib import Path
+    from tests.isolation import REPO_ROOT, loaded_modules_after_import
 
-    root = Path(__file__).resolve().parents[1]
-    code = (
-        "import sys, secagg\n"
-        "bad = [m for m in ('fedsim', 'accounting', 'cli') if m in sys.modules]\n"
-        "assert not bad, bad\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    for source in (root / "secagg").glob("*.py"):
+    assert loaded_modules_after_import("secagg", ("fedsim", "accounting", "cli")) == []
+    for source in (REPO_ROOT / "secagg").glob("*.py"):
         assert "distributed" not in source.read_text(), source  # (torch itself imports it)
