@@ -248,27 +248,24 @@ def _check_same_shape(name: str, acc: torch.Tensor, other: torch.Tensor) -> None
         raise ValueError(f"{name} must have shape {tuple(acc.shape)}, got {tuple(other.shape)}")
 
 
-def wrapping_add_(acc: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    """In place: acc <- acc + other  (mod 2^32).  Returns ``acc``.
-
-    Addition in Z_(2^32), done on uint32 views (defined wrap-around), no temporaries.
-    """
+def _wrapping_inplace(acc: torch.Tensor, other: torch.Tensor, ufunc: np.ufunc) -> torch.Tensor:
+    """acc <- ufunc(acc, other) on uint32 views of the same memory: defined wrap-around, no temporaries."""
     _check_ring_tensor("acc", acc)
     _check_ring_tensor("other", other)
     _check_same_shape("other", acc, other)
     a = _unsigned(acc)
-    np.add(a, _unsigned(other), out=a)
+    ufunc(a, _unsigned(other), out=a)
     return acc
+
+
+def wrapping_add_(acc: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """In place: acc <- acc + other  (mod 2^32).  Returns ``acc``."""
+    return _wrapping_inplace(acc, other, np.add)
 
 
 def wrapping_sub_(acc: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     """In place: acc <- acc - other  (mod 2^32).  Returns ``acc``."""
-    _check_ring_tensor("acc", acc)
-    _check_ring_tensor("other", other)
-    _check_same_shape("other", acc, other)
-    a = _unsigned(acc)
-    np.subtract(a, _unsigned(other), out=a)
-    return acc
+    return _wrapping_inplace(acc, other, np.subtract)
 
 
 def wrapping_add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
