@@ -20,6 +20,7 @@ chooses a subset (``active_at``). Opacus's hooks see the full trainable set, so 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 FACTORS = ("A", "B", "head")
 
@@ -44,6 +45,10 @@ class Method:
     def sent(self) -> frozenset[str]:
         """Factors whose update leaves the client (through secure aggregation)."""
         return self.trainable
+
+    def sent_names(self, factors: Mapping[str, Mapping[str, object]]) -> list[str]:
+        """Sorted parameter names of the sent factors: the layout of every exchanged vector."""
+        return sorted(name for factor in self.sent for name in factors[factor])
 
 
 METHOD_TABLE: dict[str, Method] = {

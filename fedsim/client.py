@@ -109,7 +109,7 @@ class LocalClient:
                 if factor in method.trainable:
                     self.factor_of[p] = factor
                     self.params[name] = p
-        self.sent_names = sorted(name for name, p in self.params.items() if self.factor_of[p] in method.sent)
+        self.sent_names = method.sent_names(factors)
         self.model = GradSampleModule(model.to(device), loss_reduction="mean")
         self.num_records = len(labels)
         self.sample_rate = min(1.0, dp.batch_size / self.num_records)

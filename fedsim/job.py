@@ -90,11 +90,6 @@ def method_run_dir(run_dir: Path, config: RunConfig, method: str) -> Path:
     return run_dir if len(config.methods) == 1 else run_dir / method
 
 
-def sent_names(factors: Mapping[str, Mapping[str, torch.nn.Parameter]], method: Method) -> list[str]:
-    """Sorted names of the parameters whose updates leave the clients."""
-    return sorted(name for factor in method.sent for name in factors[factor])
-
-
 def all_factor_params(factors: Mapping[str, Mapping[str, torch.nn.Parameter]]) -> dict[str, torch.nn.Parameter]:
     return {name: p for named in factors.values() for name, p in named.items()}
 
@@ -224,7 +219,7 @@ def serve(config: RunConfig, world: World, task: Task, method: Method, model, fa
     session = broadcast_session(world)
     sync_initial_state(world, factors)
     params = all_factor_params(factors)
-    names = sent_names(factors, method)
+    names = method.sent_names(factors)
     secagg = SecureSumConfig(clip_range=config.secagg_clip_range)
     test_inputs = model_inputs(task, task.data.test, config)
     test_labels = task.data.test.labels
