@@ -22,6 +22,7 @@ from rich.table import Table
 from cli.budget import budget_command
 from cli.plots import plot_run
 from fedsim.config import RunConfig
+from fedsim.rundir import CONFIG_FILE
 
 DEFAULTS = RunConfig()
 
@@ -174,7 +175,7 @@ def run(
         if out.exists() and any(out.iterdir()):
             fail(f"run_dir={str(out)!r} is invalid: expected a new or empty directory")
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(config.to_json())
+        (out / CONFIG_FILE).write_text(config.to_json())
     try:
         with make_progress(enabled=is_server) as progress:
             observer = ProgressObserver(progress) if is_server else None

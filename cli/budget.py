@@ -11,14 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-LEDGER_FILE = "ledger.jsonl"
-
-
-def find_ledgers(run_dir: Path) -> dict[str, Path]:
-    """The ledger of a single-method run dir, or one per method subfolder."""
-    if (run_dir / LEDGER_FILE).is_file():
-        return {run_dir.name: run_dir / LEDGER_FILE}
-    return {p.parent.name: p for p in sorted(run_dir.glob(f"*/{LEDGER_FILE}"))}
+from fedsim.rundir import LEDGER_FILE, find_ledgers
 
 
 def budget_command(

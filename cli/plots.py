@@ -6,8 +6,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-METRICS_FILE = "metrics.jsonl"
-PLOT_FILE = "curves.png"
+from fedsim.rundir import METRICS_FILE, PLOT_FILE
 
 
 def read_metrics(path: Path) -> list[dict]:

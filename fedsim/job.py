@@ -42,16 +42,13 @@ from fedsim.data import DatasetSplits, load_dataset, partition, prepare_images, 
 from fedsim.evaluation import evaluate
 from fedsim.events import MethodSummary, NullObserver, Observer, RoundMetrics
 from fedsim.models import ModelSpec, build_model, build_tokenizer, factor_parameters, tokenize
+from fedsim.rundir import ADAPTER_DIR, LEDGER_FILE, METRICS_FILE, SUMMARY_FILE, method_run_dir
 from fedsim.runtime import SERVER_RANK, World
 from fedsim.secure_sum import SecureSumConfig, client_secure_sum, server_secure_sum
 from fedsim.state import add_flat, assign_flat, flatten
 
 logger = logging.getLogger(__name__)
 
-LEDGER_FILE = "ledger.jsonl"
-METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "summary.json"
-ADAPTER_DIR = "adapter"
 
 
 @dataclass(frozen=True)
@@ -85,11 +82,6 @@ def model_inputs(task: Task, data, config: RunConfig) -> tuple[torch.Tensor, ...
     return (prepare_images(data.images, config.img_size),)
 
 
-def method_run_dir(run_dir: Path, config: RunConfig, method: str) -> Path:
-    """Where one method's outputs go: the run dir itself, or a subfolder per method."""
-    return run_dir if len(config.methods) == 1 else run_dir / method
-
-
 def all_factor_params(factors: Mapping[str, Mapping[str, torch.nn.Parameter]]) -> dict[str, torch.nn.Parameter]:
     return {name: p for named in factors.values() for name, p in named.items()}
 
@@ -107,7 +99,7 @@ def run_rank(config: RunConfig, world: World, observer: Observer | None = None, 
         factors = factor_parameters(model)
         if world.is_server:
             assert run_dir is not None, "the server needs a run directory"
-            out = method_run_dir(run_dir, config, method_name)
+            out = method_run_dir(run_dir, config.methods, method_name)
             summaries.append(serve(config, world, task, method, model, factors, out, observer))
         else:
             participate(config, world, task, method, model, factors)
