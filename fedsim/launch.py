@@ -114,9 +114,12 @@ def _reap(processes: list, timeout_s: float) -> str:
 
 
 def launch_torchrun(config: RunConfig, run_dir: Path, observer: Observer | None = None) -> list[MethodSummary]:
-    """Run this process's rank of a torchrun world; rank 0 returns the summaries."""
+    """Run this process's rank of a torchrun world; rank 0 returns the summaries.
+
+    Only the server uses ``run_dir`` and ``observer`` (the CLI gives clients no observer).
+    """
     world = init_from_torchrun(config.timeout_s)
     try:
-        return run_rank(config, world, observer if world.is_server else None, run_dir if world.is_server else None)
+        return run_rank(config, world, observer, run_dir)
     finally:
         shutdown()
