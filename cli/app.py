@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cli.budget import budget_command
+from cli.budget import budget_app
 from cli.plots import plot_run
 from fedsim.config import RunConfig
 from fedsim.rundir import CONFIG_FILE
@@ -45,7 +45,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-app.command("budget")(budget_command)
+app.add_typer(budget_app, name="budget")
 console = Console(stderr=True)
 
 
@@ -140,7 +140,7 @@ def run(
 
       torchrun --nproc-per-node=5 -m fedsim run --config job.toml
 
-    Outputs go to --run-dir; `fedsim budget RUN_DIR` re-derives every ε from its ledger.
+    Outputs go to --run-dir; `fedsim budget show RUN_DIR` re-derives every ε from its ledger.
     """
     from fedsim.config import ConfigError, build_config, load_config_file
     from fedsim.launch import LaunchError, configure_process_logging, launch_local, launch_torchrun
@@ -185,7 +185,7 @@ def run(
         fail(str(exc), code=1)
     if is_server:
         console.print(summary_table(summaries, config.delta))
-        console.print(f"curves: {plot_run(out, summaries)}   budget: fedsim budget {out}")
+        console.print(f"curves: {plot_run(out, summaries)}   budget: fedsim budget show {out}")
         typer.echo(json.dumps({"run_dir": str(out), "results": [s.to_dict() for s in summaries]}))
 
 

@@ -1,4 +1,4 @@
-"""``fedsim budget RUN_DIR``: every client's ε recomputed from the ledger alone."""
+"""``fedsim budget ...``: auditors' queries on a run's ledger (every ε recomputed from it alone)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,16 @@ from rich.table import Table
 
 from fedsim.rundir import LEDGER_FILE, find_ledgers
 
+budget_app = typer.Typer(
+    help="Privacy budgets of a finished or running job, recomputed from its ledger alone.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 
-def budget_command(
+
+@budget_app.command("show")
+def show_command(
     run_dir: Path = typer.Argument(..., help="A run directory written by `fedsim run`."),
     delta: Optional[float] = typer.Option(None, help="δ at which to report ε (default: the δ recorded in the ledger)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),

@@ -60,7 +60,7 @@ def test_local_world_writes_a_complete_run_dir(text_run):
 
 def test_budget_recomputes_the_printed_epsilon_from_the_ledger(text_run):
     run_dir, result = text_run
-    rows = json.loads(fedsim("budget", str(run_dir), "--json").stdout)
+    rows = json.loads(fedsim("budget", "show", str(run_dir), "--json").stdout)
     assert {r["method"] for r in rows} == {"la-lora", "ffa-lora"}
     for summary in result["results"]:
         worst = max(r["epsilon_upper"] for r in rows if r["method"] == summary["method"])
@@ -128,7 +128,7 @@ def test_the_default_job_learns_under_dp(tmp_path):
     assert summary["initial_accuracy"] < 0.2  # untrained: near chance (1/8)
     assert summary["accuracy"] >= 0.5, summary  # clearly learned, under DP
     assert summary["epsilon_method"] == "prv" and 2.7 < summary["epsilon"] < 2.9
-    rows = json.loads(fedsim("budget", str(run_dir), "--json").stdout)
+    rows = json.loads(fedsim("budget", "show", str(run_dir), "--json").stdout)
     assert len(rows) == 4 and max(r["epsilon_upper"] for r in rows) == summary["epsilon"]
 
 
