@@ -2,19 +2,29 @@
 
 A LoRA adapter on a frozen weight W is W + (α/r)·B·A with A ∈ R^{r×d_in} (random init)
 and B ∈ R^{d_out×r} (zero init). Methods differ only in which of {A, B, head} a local step
-updates, which tensors leave the client, and their learning rates:
+updates, which tensors leave the client, when, and their learning rates. A round is a
+sequence of *phases*; a phase is local training followed by one secure aggregation of
+what that phase trained:
 
-- ``dp-lora``: A, B and the head every step (vanilla DP-LoRA); all three are sent.
-- ``ffa-lora``: A frozen at its shared random init (Sun et al., ICLR 2024); B and the head
-  are trained and sent.
-- ``la-lora``: alternate the factor within the round (arXiv 2602.19926): B on even local
-  steps, A on odd ones, the head every step. B starts at zero, so dL/dA = 0 at the first
-  step: starting with B wastes no step. B's learning rate is ``b_lr_ratio`` × A's, and the
-  privatized gradient is smoothed (:mod:`fedsim.smoothing`) before the step.
+- ``dp-lora``: one phase; A, B and the head every step (vanilla DP-LoRA); all three sent.
+- ``ffa-lora``: one phase; A frozen at its shared random init (Sun et al., ICLR 2024); B and
+  the head are trained and sent.
+- ``la-lora``: one phase that alternates the factor within the round (arXiv 2602.19926): B
+  on even local steps, A on odd ones, the head every step. B starts at zero, so dL/dA = 0 at
+  the first step: starting with B wastes no step. B's learning rate is ``b_lr_ratio`` × A's,
+  and the privatized gradient is smoothed (:mod:`fedsim.smoothing`) before the step.
+- ``rolora``: one phase that alternates the factor *across* rounds (Chen et al. 2025):
+  odd rounds train and send B (and the head), even rounds A (and the head).
+- ``deer``: two phases per round (arXiv 2410.12926, the "deviation eliminator"): A frozen,
+  B trained and aggregated; then B frozen, A trained and aggregated. Every client holds the
+  same frozen factor in each phase, so the mean of the products B_i·A equals the product of
+  the means: no aggregation deviation. Its noise regulator is in :mod:`fedsim.deer`.
 
-Every method trains a fixed set of parameters for the whole run (``trainable``); a step
-chooses a subset (``active_at``). Opacus's hooks see the full trainable set, so toggling
-``requires_grad`` (which breaks its hooks) is never needed.
+The local steps of a round are split over its phases (``phase_steps``), so every method
+does the same local work per round. Every method trains a fixed set of parameters for the
+whole run (``trainable``); a step chooses a subset (``Phase.active_at``). Opacus's hooks
+see the full trainable set, so toggling ``requires_grad`` (which breaks its hooks) is never
+needed.
 """
 
 from __future__ import annotations
@@ -24,37 +34,75 @@ from typing import Mapping
 
 FACTORS = ("A", "B", "head")
 
+JOINT = "joint"
+STEP_ALTERNATING = "step-alternating"
+ROUND_ALTERNATING = "round-alternating"
+TWO_STAGE = "two-stage"
+
 
 @dataclass(frozen=True)
-class Method:
-    """A federated LoRA method as seen by one client."""
+class Phase:
+    """Local training of some factors, then one secure aggregation of exactly those."""
 
-    name: str
-    trainable: frozenset[str]
-    alternate: bool
-    smoothing: bool
+    trained: frozenset[str]
+    alternate: bool = False
 
     def active_at(self, step: int) -> frozenset[str]:
-        """Factors updated by local step ``step`` (0-based, counted within the round)."""
+        """Factors updated by local step ``step`` (0-based, counted within the phase)."""
         if not self.alternate:
-            return self.trainable
+            return self.trained
         factor = "B" if step % 2 == 0 else "A"
         return frozenset({factor, "head"})
 
     @property
     def sent(self) -> frozenset[str]:
         """Factors whose update leaves the client (through secure aggregation)."""
-        return self.trainable
+        return self.trained
 
     def sent_names(self, factors: Mapping[str, Mapping[str, object]]) -> list[str]:
-        """Sorted parameter names of the sent factors: the layout of every exchanged vector."""
+        """Sorted parameter names of the sent factors: the layout of the exchanged vector."""
         return sorted(name for factor in self.sent for name in factors[factor])
 
 
+@dataclass(frozen=True)
+class Method:
+    """A federated LoRA method: its trainable set, its per-round phases, its options."""
+
+    name: str
+    trainable: frozenset[str]
+    schedule: str
+    smoothing: bool = False
+    noise_regulator: bool = False
+
+    def phases(self, round_idx: int) -> tuple[Phase, ...]:
+        """The phases of round ``round_idx`` (1-based), in order."""
+        if round_idx < 1:
+            raise ValueError(f"round_idx={round_idx!r} is invalid: expected an integer >= 1")
+        if self.schedule == JOINT:
+            return (Phase(self.trainable),)
+        if self.schedule == STEP_ALTERNATING:
+            return (Phase(self.trainable, alternate=True),)
+        if self.schedule == ROUND_ALTERNATING:
+            return (Phase(frozenset({"B" if round_idx % 2 == 1 else "A", "head"})),)
+        if self.schedule == TWO_STAGE:
+            return (Phase(frozenset({"B", "head"})), Phase(frozenset({"A", "head"})))
+        raise ValueError(f"schedule={self.schedule!r} is unknown")
+
+    def sent_names(self, factors: Mapping[str, Mapping[str, object]]) -> list[str]:
+        """Transitional: the first round's layout (only right for single-phase methods)."""
+        return self.phases(1)[0].sent_names(factors)
+
+    def all_sent_names(self, factors: Mapping[str, Mapping[str, object]]) -> list[str]:
+        """Sorted names of every parameter any phase may send (what the server tracks)."""
+        return sorted(name for factor in self.trainable for name in factors[factor])
+
+
 METHOD_TABLE: dict[str, Method] = {
-    "dp-lora": Method("dp-lora", frozenset(FACTORS), alternate=False, smoothing=False),
-    "ffa-lora": Method("ffa-lora", frozenset({"B", "head"}), alternate=False, smoothing=False),
-    "la-lora": Method("la-lora", frozenset(FACTORS), alternate=True, smoothing=True),
+    "dp-lora": Method("dp-lora", frozenset(FACTORS), JOINT),
+    "ffa-lora": Method("ffa-lora", frozenset({"B", "head"}), JOINT),
+    "la-lora": Method("la-lora", frozenset(FACTORS), STEP_ALTERNATING, smoothing=True),
+    "rolora": Method("rolora", frozenset(FACTORS), ROUND_ALTERNATING),
+    "deer": Method("deer", frozenset(FACTORS), TWO_STAGE, noise_regulator=True),
 }
 
 
@@ -64,6 +112,14 @@ def get_method(name: str) -> Method:
         return METHOD_TABLE[name]
     except KeyError:
         raise ValueError(f"method={name!r} is unknown: expected one of {sorted(METHOD_TABLE)}") from None
+
+
+def phase_steps(local_steps: int, phases: int) -> list[int]:
+    """Split a round's ``local_steps`` over its phases, earlier phases taking the remainder."""
+    if phases < 1 or local_steps < phases:
+        raise ValueError(f"local_steps={local_steps!r} is invalid: expected at least one step per phase ({phases})")
+    base, extra = divmod(local_steps, phases)
+    return [base + (1 if i < extra else 0) for i in range(phases)]
 
 
 def factor_learning_rates(method: Method, lr: float, head_lr: float, b_lr_ratio: float) -> dict[str, float]:

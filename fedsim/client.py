@@ -26,7 +26,7 @@ from opacus import GradSampleModule
 from opacus.data_loader import DPDataLoader
 from torch.utils.data import TensorDataset
 
-from fedsim.algorithms import Method, factor_learning_rates
+from fedsim.algorithms import Method, Phase, factor_learning_rates
 from fedsim.dp_optimizer import FactorwiseDPOptimizer
 from fedsim.state import assign_flat, flatten
 
@@ -77,29 +77,61 @@ def poisson_batches(dataset: TensorDataset, sample_rate: float) -> Iterator[Sequ
         yield from loader
 
 
-class LocalClient:
-    """Local DP training of one client's LoRA factors and head."""
+@dataclass
+class ClientShard:
+    """One (virtual) client's records and its Poisson sampler (q = B / n_i)."""
+
+    client_id: int
+    dataset: TensorDataset
+    sample_rate: float
+    _batches: Iterator[Sequence[torch.Tensor]] | None = None
+
+    @classmethod
+    def build(cls, client_id: int, inputs: Sequence[torch.Tensor], labels: torch.Tensor, batch_size: int) -> "ClientShard":
+        if len(labels) == 0:
+            raise ValueError(f"client {client_id} has no training records")
+        return cls(client_id, TensorDataset(*inputs, labels), min(1.0, batch_size / len(labels)))
+
+    @property
+    def num_records(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def batches(self) -> Iterator[Sequence[torch.Tensor]]:
+        """Endless Poisson batches from a CSPRNG-seeded sampler, made on first use."""
+        if self._batches is None:
+            self._batches = poisson_batches(self.dataset, self.sample_rate)
+        return self._batches
+
+    @batches.setter
+    def batches(self, value: Iterator[Sequence[torch.Tensor]]) -> None:
+        self._batches = value
+
+
+class LocalTrainer:
+    """Local DP training of LoRA factors and head, for every client this process hosts.
+
+    One model and one Opacus ``GradSampleModule`` per process, whatever the number of
+    virtual clients: a client is its :class:`ClientShard` (records and sampler); the
+    adapter it trains is loaded from the global state at the start of each phase, so no
+    per-client copy of the model is ever held.
+    """
 
     def __init__(
         self,
         *,
-        client_id: int,
         model: torch.nn.Module,
         factors: Mapping[str, Mapping[str, torch.nn.Parameter]],
         method: Method,
-        inputs: Sequence[torch.Tensor],
-        labels: torch.Tensor,
         dp: DPSettings,
         optim: OptimSettings,
         device: torch.device,
     ) -> None:
-        if len(labels) == 0:
-            raise ValueError(f"client {client_id} has no training records")
-        self.client_id = client_id
         self.method = method
         self.dp = dp
         self.optim = optim
         self.device = device
+        self.factors = factors
         # Fix the trainable set *before* Opacus wraps the model; it never changes after.
         self.factor_of: dict[torch.nn.Parameter, str] = {}
         self.params: dict[str, torch.nn.Parameter] = {}
@@ -109,14 +141,10 @@ class LocalClient:
                 if factor in method.trainable:
                     self.factor_of[p] = factor
                     self.params[name] = p
-        self.sent_names = method.sent_names(factors)
         self.model = GradSampleModule(model.to(device), loss_reduction="mean")
-        self.num_records = len(labels)
-        self.sample_rate = min(1.0, dp.batch_size / self.num_records)
-        self.batches = poisson_batches(TensorDataset(*inputs, labels), self.sample_rate)
         self.noise_generator = secret_generator(device)
 
-    def _optimizer(self) -> FactorwiseDPOptimizer:
+    def _optimizer(self, expected_batch_size: int) -> FactorwiseDPOptimizer:
         rates = factor_learning_rates(self.method, self.optim.lr, self.optim.head_lr, self.optim.b_lr_ratio)
         groups = [
             {"params": [p for p, f in self.factor_of.items() if f == factor], "lr": rates[factor]}
@@ -128,7 +156,7 @@ class LocalClient:
             factor_of=self.factor_of,
             noise_multiplier=self.dp.noise_multiplier,
             max_grad_norm=self.dp.max_grad_norm,
-            expected_batch_size=max(1, round(self.sample_rate * self.num_records)),
+            expected_batch_size=expected_batch_size,
             generator=self.noise_generator,
             smoothing=self.optim.smoothing if self.method.smoothing else 0.0,
         )
@@ -137,25 +165,30 @@ class LocalClient:
         """Overwrite the named parameters with the server's global values."""
         assign_flat(self.params, names, vector)
 
-    def train_round(
+    def train_phase(
         self,
+        shard: ClientShard,
         global_vector: torch.Tensor,
+        phase: Phase,
         local_steps: int,
         after_step: Callable[[int, frozenset[str]], None] | None = None,
     ) -> tuple[torch.Tensor, RoundReport]:
-        """Run ``local_steps`` DP-SGD steps from the global state; return the update and the report.
+        """Run ``local_steps`` DP-SGD steps of ``shard`` from the global state; return update and report.
 
-        The update (local − global, over the sent factors) is the only thing derived from
-        data that leaves the client, and it leaves only through secure aggregation.
-        ``after_step(step, active_factors)`` is called after every optimizer step.
+        ``global_vector`` holds every trainable parameter (``Method.all_sent_names``); the
+        update (local − global) covers only what ``phase`` sends. It is the only thing
+        derived from data that leaves the client, and it leaves only through secure
+        aggregation. ``after_step(step, active_factors)`` is called after every step.
         """
-        self.load_global(global_vector, self.sent_names)
+        self.load_global(global_vector, self.method.all_sent_names(self.factors))
+        sent = phase.sent_names(self.factors)
+        start = flatten(self.params, sent)
         self.model.train()
-        optimizer = self._optimizer()
+        optimizer = self._optimizer(max(1, round(shard.sample_rate * shard.num_records)))
         for step in range(local_steps):
-            optimizer.set_active(self.method.active_at(step))
+            optimizer.set_active(phase.active_at(step))
             optimizer.zero_grad()
-            *inputs, labels = next(self.batches)
+            *inputs, labels = next(shard.batches)
             if len(labels) == 0:
                 # An empty Poisson sample is still a step of the mechanism: noise only.
                 for p in optimizer.params:
@@ -169,9 +202,22 @@ class LocalClient:
                     F.cross_entropy(logits, labels.to(self.device)).backward()
             optimizer.step()
             if after_step is not None:
-                after_step(step, self.method.active_at(step))
+                after_step(step, phase.active_at(step))
         optimizer.zero_grad()
-        update = flatten(self.params, self.sent_names) - global_vector.to(self.device)
-        report = RoundReport(self.client_id, local_steps, self.sample_rate, self.dp.noise_multiplier)
-        logger.debug("client %d ran %d steps at q=%.4f", self.client_id, local_steps, self.sample_rate)
+        update = flatten(self.params, sent) - start
+        report = RoundReport(shard.client_id, local_steps, shard.sample_rate, self.dp.noise_multiplier)
+        logger.debug("client %d ran %d steps at q=%.4f", shard.client_id, local_steps, shard.sample_rate)
         return update, report
+
+
+class LocalClient:
+    """Transitional: one client per process over :class:`LocalTrainer` (job.py moves to phases)."""
+
+    def __init__(self, *, client_id, model, factors, method, inputs, labels, dp, optim, device) -> None:
+        self.trainer = LocalTrainer(model=model, factors=factors, method=method, dp=dp, optim=optim, device=device)
+        self.shard = ClientShard.build(client_id, inputs, labels, dp.batch_size)
+        self.params = self.trainer.params
+        self.sent_names = method.phases(1)[0].sent_names(factors)
+
+    def train_round(self, global_vector, local_steps, after_step=None):
+        return self.trainer.train_phase(self.shard, global_vector, self.trainer.method.phases(1)[0], local_steps, after_step)

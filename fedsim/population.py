@@ -1,0 +1,89 @@
+"""Cross-device populations: many virtual clients over few processes, a cohort per round.
+
+A population of P virtual clients (ids 1..P) is spread round-robin over the W−1 client
+processes: process r hosts the ids congruent to r modulo W−1 (:class:`Population`). Shards
+come from the run's public seed (:func:`fedsim.partition.partition` over P clients), so the
+same config gives the same data layout on every machine. A process holds one model and
+trains its hosted cohort members one after the other (:class:`fedsim.client.LocalTrainer`):
+memory does not grow with P.
+
+The cohort of each round is drawn by the server from the OS CSPRNG, never from the public
+seed: amplification by subsampling is only a guarantee if who took part stays secret.
+
+- ``poisson``: every client joins independently with probability q. Client-level DP-FedAvg
+  is then a Poisson-subsampled Gaussian with that q (McMahan et al., ICLR 2018, Sec. 3),
+  which is what the accountant composes.
+- ``fixed``: exactly m clients, uniformly without replacement. The Poisson analysis does
+  not formally apply (PAPERS.md, "Privacy accounting facts"); fedsim accounts fixed cohorts
+  with no amplification (q = 1), a sound but loose bound, and says so in the ledger.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+COHORT_KINDS = ("poisson", "fixed")
+
+
+@dataclass(frozen=True)
+class Population:
+    """P virtual clients hosted round-robin by ``processes`` client processes (ranks 1..W−1)."""
+
+    size: int
+    processes: int
+
+    def __post_init__(self) -> None:
+        if self.processes < 1:
+            raise ValueError(f"processes={self.processes!r} is invalid: expected an integer >= 1")
+        if self.size < self.processes:
+            raise ValueError(f"population={self.size!r} is invalid: expected at least one client per process ({self.processes})")
+
+    def host_of(self, client_id: int) -> int:
+        """The rank hosting ``client_id``."""
+        if not 1 <= client_id <= self.size:
+            raise ValueError(f"client_id={client_id!r} is invalid: expected an integer in [1, {self.size}]")
+        return 1 + (client_id - 1) % self.processes
+
+    def hosted_by(self, rank: int) -> tuple[int, ...]:
+        """The client ids hosted by ``rank`` (1-based client ranks)."""
+        if not 1 <= rank <= self.processes:
+            raise ValueError(f"rank={rank!r} is invalid: expected an integer in [1, {self.processes}]")
+        return tuple(range(rank, self.size + 1, self.processes))
+
+
+@dataclass(frozen=True)
+class CohortSampling:
+    """How the server picks each round's cohort: ``poisson`` at rate q, or ``fixed`` of size m."""
+
+    kind: str
+    rate: float = 1.0
+    size: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in COHORT_KINDS:
+            raise ValueError(f"cohort={self.kind!r} is invalid: expected one of {COHORT_KINDS}")
+        if self.kind == "poisson" and not 0 < self.rate <= 1:
+            raise ValueError(f"cohort_rate={self.rate!r} is invalid: expected a number in (0, 1]")
+        if self.kind == "fixed" and self.size < 1:
+            raise ValueError(f"cohort_size={self.size!r} is invalid: expected an integer >= 1")
+
+    def expected_size(self, population: int) -> int:
+        """The planned cohort size m (the divisor of the noise shares), at least 1."""
+        if self.kind == "fixed":
+            return min(self.size, population)
+        return max(1, round(self.rate * population))
+
+    def amplification_rate(self, population: int) -> float:
+        """The q the client-level accountant may use: the Poisson rate, or 1 for fixed cohorts."""
+        return self.rate if self.kind == "poisson" else 1.0
+
+    def sample(self, population: int) -> tuple[int, ...]:
+        """Draw one round's cohort from the OS CSPRNG (sorted client ids, possibly empty)."""
+        rng = secrets.SystemRandom()
+        if self.kind == "fixed":
+            return tuple(sorted(rng.sample(range(1, population + 1), min(self.size, population))))
+        if self.rate == 1.0:
+            return tuple(range(1, population + 1))
+        return tuple(c for c in range(1, population + 1) if rng.random() < self.rate)
+
