@@ -1,17 +1,50 @@
-"""Privacy accounting for fedsim: mechanisms, PRV/RDP composition, ledger, budgets.
+"""Privacy accounting for fedsim: mechanisms, PRV/RDP composition, budgets, calibration, ledger.
 
 Independent of ``fedsim``, ``secagg``, ``cli`` and ``torch``.
 """
 
-from .budget import client_epsilons, client_mechanisms
-from .ledger import Ledger, LedgerError, LedgerRecord, read_ledger
-from .mechanisms import Mechanism, PoissonSubsampledGaussian, mechanism_from_dict, merge_mechanisms
+from .budget import (
+    LEVEL_CLIENT,
+    LEVEL_SAMPLE,
+    BudgetSnapshot,
+    BudgetTracker,
+    PartyBudget,
+    budget_history,
+    budget_snapshot,
+    client_epsilons,
+    client_mechanisms,
+)
+from .calibration import Calibration, CalibrationError, Schedule, calibrate, calibrate_schedule
+from .ledger import (
+    Ledger,
+    LedgerAudit,
+    LedgerEntry,
+    LedgerError,
+    LedgerProblem,
+    LedgerRecord,
+    audit_ledger,
+    key_fingerprint,
+    read_entries,
+    read_ledger,
+)
+from .mechanisms import (
+    SAMPLING_FIXED_SIZE,
+    SAMPLING_POISSON,
+    ClientLevelGaussian,
+    Mechanism,
+    PoissonSubsampledGaussian,
+    accounted_history,
+    mechanism_from_dict,
+    merge_mechanisms,
+)
 from .prv import (
+    DEFAULT_EPS_ERROR,
     METHOD_ANALYTIC_GAUSSIAN,
     METHOD_NONE,
     METHOD_PRV,
     METHOD_RDP,
     EpsilonBound,
+    PRVComposer,
     composed_gaussian_mu,
     gaussian_delta,
     gaussian_epsilon,
@@ -20,27 +53,51 @@ from .prv import (
 from .rdp import DEFAULT_ORDERS, compose_rdp, rdp_epsilon, rdp_to_epsilon
 
 __all__ = [
+    "DEFAULT_EPS_ERROR",
     "DEFAULT_ORDERS",
+    "LEVEL_CLIENT",
+    "LEVEL_SAMPLE",
     "METHOD_ANALYTIC_GAUSSIAN",
     "METHOD_NONE",
     "METHOD_PRV",
     "METHOD_RDP",
+    "SAMPLING_FIXED_SIZE",
+    "SAMPLING_POISSON",
+    "BudgetSnapshot",
+    "BudgetTracker",
+    "Calibration",
+    "CalibrationError",
+    "ClientLevelGaussian",
     "EpsilonBound",
     "Ledger",
+    "LedgerAudit",
+    "LedgerEntry",
     "LedgerError",
+    "LedgerProblem",
     "LedgerRecord",
     "Mechanism",
+    "PRVComposer",
+    "PartyBudget",
     "PoissonSubsampledGaussian",
+    "Schedule",
+    "accounted_history",
+    "audit_ledger",
+    "budget_history",
+    "budget_snapshot",
+    "calibrate",
+    "calibrate_schedule",
     "client_epsilons",
     "client_mechanisms",
     "compose_rdp",
     "composed_gaussian_mu",
     "gaussian_delta",
     "gaussian_epsilon",
+    "key_fingerprint",
     "mechanism_from_dict",
     "merge_mechanisms",
     "prv_epsilon",
     "rdp_epsilon",
     "rdp_to_epsilon",
+    "read_entries",
     "read_ledger",
 ]

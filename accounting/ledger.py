@@ -1,35 +1,77 @@
-"""The privacy ledger: an append-only JSON-lines record of what each party went through.
+"""The privacy ledger: append-only, hash-chained, signed JSON lines.
 
-One line per (round, client) release::
+One line per release, in canonical JSON (sorted keys, no spaces, ASCII)::
 
-    {"round": 3, "client": 7, "mechanism": {"name": "poisson_subsampled_gaussian",
-     "noise_multiplier": 1.1, "sample_rate": 0.01, "steps": 50}, "delta": 1e-05}
+    {"client":7,"delta":1e-05,"mechanism":{"name":"poisson_subsampled_gaussian",
+     "noise_multiplier":1.1,"sample_rate":0.01,"steps":50},"prev":"9f2c...","round":3,"seq":12}
+
+* ``seq`` numbers the records 1, 2, 3, ...: record n is line n.
+* ``prev`` is the SHA-256 (hex) of the previous record's line, :data:`GENESIS` for
+  record 1: editing, deleting or moving a record breaks the chain at that record.
+* After every :meth:`Ledger.append` (one round: the server's checkpoint) the lines are
+  flushed and fsynced, then the head (number of records and hash of the last line) is
+  signed with Ed25519 and the signature replaces ``ledger.sig`` atomically; the public
+  key is ``ledger.pub`` (PEM) beside it. The key is generated per run and kept in
+  memory only, so nobody can re-sign an edited ledger with it after the run.
+
+A signature only proves *someone holding the key* signed: whoever rewrites the ledger
+can also replace ``ledger.pub`` with a key of their own. So :func:`audit_ledger` takes
+a pinned key or fingerprint (the one printed when the run started) and otherwise
+reports the fingerprint it checked against, for the auditor to compare.
 
 Every reported figure must be recomputable from this file alone
-(:mod:`accounting.budget`), so the reader is strict: a malformed, truncated or
-out-of-order line is an error naming its line number, never skipped.
-Records are written one round per :meth:`Ledger.append`, flushed and fsynced.
+(:mod:`accounting.budget`), so the reader is strict: a malformed, truncated,
+non-canonical, out-of-order or unchained line is an error naming its line and record.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import numbers
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
-from .mechanisms import Mechanism, PoissonSubsampledGaussian, mechanism_from_dict
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-__all__ = ["LedgerError", "LedgerRecord", "Ledger", "read_ledger"]
+from .mechanisms import ClientLevelGaussian, Mechanism, PoissonSubsampledGaussian, mechanism_from_dict
+
+__all__ = [
+    "GENESIS",
+    "Ledger",
+    "LedgerAudit",
+    "LedgerEntry",
+    "LedgerError",
+    "LedgerProblem",
+    "LedgerRecord",
+    "audit_ledger",
+    "canonical_json",
+    "key_fingerprint",
+    "load_public_key",
+    "normalize_fingerprint",
+    "public_key_path",
+    "read_entries",
+    "read_ledger",
+    "signature_path",
+]
 
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-_FIELDS = ("round", "client", "mechanism", "delta")
+#: ``prev`` of record 1.
+GENESIS = "0" * 64
+SIGNATURE_FORMAT = "fedsim-ledger-signature/1"
+_SIGNED_PREFIX = b"fedsim-ledger-head/1\n"
+_RECORD_FIELDS = ("round", "client", "mechanism", "delta")
+_CHAIN_FIELDS = ("seq", "prev")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 class LedgerError(ValueError):
@@ -42,6 +84,15 @@ class LedgerError(ValueError):
         super().__init__(f"{where}: {message}")
 
 
+def canonical_json(data: Any) -> str:
+    """The one serialisation that is hashed and signed: sorted keys, no spaces, ASCII, no NaN."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
 def _check_index(field: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 0:
         raise ValueError(f"LedgerRecord.{field} must be an integer >= 0, got {value!r}")
@@ -52,19 +103,25 @@ def _check_index(field: str, value: Any) -> int:
 class LedgerRecord:
     """One release: ``client``'s data went through ``mechanism`` in ``round``.
 
-    ``client`` is the party whose guarantee this record feeds (a client id for
-    sample-level DP); ``delta`` is the target delta the run was configured for.
+    ``client`` is the party whose guarantee this record feeds: a client id for
+    sample-level DP (:class:`PoissonSubsampledGaussian`), ``None`` for a client-level
+    round (:class:`ClientLevelGaussian`), which every member of the population shares.
+    ``delta`` is the target delta the run was configured for.
     """
 
     round: int
-    client: int
+    client: Optional[int]
     mechanism: Mechanism
     delta: float
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "round", _check_index("round", self.round))
-        object.__setattr__(self, "client", _check_index("client", self.client))
-        if not isinstance(self.mechanism, PoissonSubsampledGaussian):
+        if isinstance(self.mechanism, ClientLevelGaussian):
+            if self.client is not None:
+                raise ValueError(f"LedgerRecord.client must be None for a client-level round, got {self.client!r}")
+        elif isinstance(self.mechanism, PoissonSubsampledGaussian):
+            object.__setattr__(self, "client", _check_index("client", self.client))
+        else:
             raise ValueError(
                 f"LedgerRecord.mechanism must be a mechanism object, got {type(self.mechanism).__name__}"
             )
@@ -83,16 +140,16 @@ class LedgerRecord:
         }
 
     def to_json(self) -> str:
-        """One compact JSON object, no newline; floats round-trip exactly."""
-        return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False)
+        """The record alone (no chain fields) in canonical JSON; floats round-trip exactly."""
+        return canonical_json(self.to_dict())
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "LedgerRecord":
         """Inverse of :meth:`to_dict`; rejects missing or unknown fields."""
         if not isinstance(data, Mapping):
             raise ValueError(f"LedgerRecord: expected a JSON object, got {type(data).__name__}")
-        missing = [f for f in _FIELDS if f not in data]
-        unknown = sorted(set(data) - set(_FIELDS))
+        missing = [f for f in _RECORD_FIELDS if f not in data]
+        unknown = sorted(set(data) - set(_RECORD_FIELDS))
         if missing or unknown:
             raise ValueError(f"LedgerRecord: missing field(s) {missing}, unknown field(s) {unknown}")
         return cls(
@@ -104,71 +161,106 @@ class LedgerRecord:
 
     @classmethod
     def from_json(cls, line: str) -> "LedgerRecord":
-        """Parse one ledger line (a trailing newline is allowed)."""
-
-        def _reject_constant(name: str) -> float:
-            raise ValueError(f"non-finite number {name} is not allowed")
-
-        def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-            keys = [key for key, _ in pairs]
-            duplicates = sorted({key for key in keys if keys.count(key) > 1})
-            if duplicates:
-                raise ValueError(f"duplicate field(s) {duplicates}")
-            return dict(pairs)
-
-        try:
-            data = json.loads(line, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
-        return cls.from_dict(data)
+        """Parse :meth:`to_json` output (a trailing newline is allowed)."""
+        return cls.from_dict(_loads_strict(line))
 
 
-class Ledger:
-    """Append-only writer bound to one ledger file (created on first append)."""
+def _loads_strict(text: str) -> Any:
+    """json.loads that rejects NaN/Infinity and duplicate keys, with a short message."""
 
-    def __init__(self, path: PathLike) -> None:
-        self._path = Path(path)
+    def reject_constant(name: str) -> float:
+        raise ValueError(f"non-finite number {name} is not allowed")
 
-    @property
-    def path(self) -> Path:
-        return self._path
+    def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [key for key, _ in pairs]
+        duplicates = sorted({key for key in keys if keys.count(key) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate field(s) {duplicates}")
+        return dict(pairs)
 
-    def append(self, records: Sequence[LedgerRecord]) -> None:
-        """Append ``records`` (one round's worth) as lines, then flush and ``os.fsync``.
+    try:
+        return json.loads(text, parse_constant=reject_constant, object_pairs_hook=unique_keys)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
 
-        All lines go out in one write in append mode. Refuses to append after a
-        truncated last line (which would fuse two records).
-        """
-        records = list(records)
-        for index, record in enumerate(records):
-            if not isinstance(record, LedgerRecord):
-                raise TypeError(f"records[{index}] must be a LedgerRecord, got {type(record).__name__}")
-        if not records:
-            return
-        payload = "".join(record.to_json() + "\n" for record in records).encode("utf-8")
-        created = not self._path.exists()
-        if not created:
-            self._check_terminated()
-        with open(self._path, "ab") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if created:
-            _fsync_directory(self._path.parent)
-        logger.debug("appended %d ledger record(s) to %s", len(records), self._path)
 
-    def _check_terminated(self) -> None:
-        with open(self._path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            if handle.tell() == 0:
-                return
-            handle.seek(-1, os.SEEK_END)
-            if handle.read(1) != b"\n":
-                raise LedgerError(self._path, 0, "last line is truncated (no trailing newline); refusing to append")
+@dataclass(frozen=True)
+class LedgerEntry:
+    """A record as it sits in the file: its number, chain link, own hash and line."""
+
+    seq: int
+    prev: str
+    hash: str
+    line: int
+    record: LedgerRecord
+
+
+# ------------------------------------------------------------------------------ keys
+
+
+def public_key_path(ledger_path: PathLike) -> Path:
+    """``ledger.pub`` beside ``ledger.jsonl``: the run's Ed25519 public key (PEM)."""
+    return Path(ledger_path).with_suffix(".pub")
+
+
+def signature_path(ledger_path: PathLike) -> Path:
+    """``ledger.sig`` beside ``ledger.jsonl``: the signed head (JSON)."""
+    return Path(ledger_path).with_suffix(".sig")
+
+
+def key_fingerprint(key: Ed25519PublicKey) -> str:
+    """SHA-256 (hex) of the raw 32-byte public key."""
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()
+
+
+def normalize_fingerprint(text: str) -> str:
+    """A fingerprint as 64 lowercase hex digits; accepts a ``SHA256:`` prefix, colons and spaces."""
+    cleaned = re.sub(r"[\s:]", "", str(text).strip())
+    if cleaned.lower().startswith("sha256"):
+        cleaned = cleaned[len("sha256"):]
+    cleaned = cleaned.lower()
+    if not _HEX64.fullmatch(cleaned):
+        raise ValueError(f"fingerprint must be 64 hex digits (SHA-256 of the public key), got {text!r}")
+    return cleaned
+
+
+def load_public_key(data: Union[bytes, str]) -> Ed25519PublicKey:
+    """An Ed25519 public key from PEM, raw 32 bytes, or 64 hex digits."""
+    raw = data.encode("ascii", "replace") if isinstance(data, str) else bytes(data)
+    stripped = raw.strip()
+    try:
+        if stripped.startswith(b"-----BEGIN"):
+            key = serialization.load_pem_public_key(stripped)
+            if not isinstance(key, Ed25519PublicKey):
+                raise ValueError(f"expected an Ed25519 public key, got {type(key).__name__}")
+            return key
+        if len(raw) == 32:
+            return Ed25519PublicKey.from_public_bytes(raw)
+        if _HEX64.fullmatch(stripped.decode("ascii", "replace").lower()):
+            return Ed25519PublicKey.from_public_bytes(bytes.fromhex(stripped.decode("ascii")))
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"not an Ed25519 public key: {exc}") from None
+    raise ValueError("not an Ed25519 public key (expected PEM, 32 raw bytes or 64 hex digits)")
+
+
+def _signed_message(records: int, head: str) -> bytes:
+    return _SIGNED_PREFIX + canonical_json({"head": head, "records": records}).encode("ascii")
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write beside ``path``, fsync, rename over it, fsync the directory."""
+    staging = path.with_name(path.name + ".tmp")
+    with open(staging, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(staging, path)
+    _fsync_directory(path.parent)
 
 
 def _fsync_directory(directory: Path) -> None:
-    """Make a newly created file's directory entry durable (POSIX; best effort elsewhere)."""
+    """Make directory entries durable (POSIX; best effort elsewhere)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:
@@ -181,37 +273,411 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def read_ledger(path: PathLike) -> list[LedgerRecord]:
-    """All records of the ledger at ``path``, in file order.
+# ---------------------------------------------------------------------------- writer
 
-    Raises:
-        LedgerError: naming the 1-based line number for a line that is not valid
-            UTF-8 / JSON / a valid record, an empty line, a last line without its
-            newline (a torn write), or a round number lower than the line before.
+
+class Ledger:
+    """Append-only writer of one ledger file, its public key and its signed head.
+
+    Args:
+        path: the ledger file (created on the first append, with the public key file).
+        signing_key: the run's Ed25519 key; default a fresh one, held in memory only.
+            To continue an existing ledger, pass the key that started it.
     """
-    with open(path, "rb") as handle:
-        data = handle.read()
-    records: list[LedgerRecord] = []
+
+    def __init__(self, path: PathLike, signing_key: Optional[Ed25519PrivateKey] = None) -> None:
+        self._path = Path(path)
+        if signing_key is not None and not isinstance(signing_key, Ed25519PrivateKey):
+            raise TypeError(f"signing_key must be an Ed25519PrivateKey, got {type(signing_key).__name__}")
+        self._key = signing_key if signing_key is not None else Ed25519PrivateKey.generate()
+        self._head: Optional[tuple[int, str]] = None  # (records, hash of the last line) once opened
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def public_key(self) -> Ed25519PublicKey:
+        return self._key.public_key()
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the public key: print it when the run starts, for auditors to pin."""
+        return key_fingerprint(self.public_key)
+
+    @property
+    def records(self) -> int:
+        """Number of records written so far (0 before the first append)."""
+        return self._head[0] if self._head else 0
+
+    def append(self, records: Sequence[LedgerRecord]) -> None:
+        """Append ``records`` (one round's worth), fsync, then sign the new head.
+
+        The lines go out in one write in append mode and are fsynced before the
+        signature is replaced, so a crash loses at most this batch and never leaves a
+        signature over records that are not on disk. Refuses to append after a
+        truncated last line (which would fuse two records).
+        """
+        records = list(records)
+        for index, record in enumerate(records):
+            if not isinstance(record, LedgerRecord):
+                raise TypeError(f"records[{index}] must be a LedgerRecord, got {type(record).__name__}")
+        if not records:
+            return
+        created = self._open()
+        seq, prev = self._head
+        lines = []
+        for record in records:
+            seq += 1
+            line = canonical_json({**record.to_dict(), "seq": seq, "prev": prev})
+            prev = _sha256(line)
+            lines.append(line + "\n")
+        with open(self._path, "ab") as handle:
+            handle.write("".join(lines).encode("ascii"))
+            handle.flush()
+            os.fsync(handle.fileno())
+        if created:
+            _fsync_directory(self._path.parent)
+        self._head = (seq, prev)
+        self.sign()
+        logger.debug("appended %d ledger record(s) to %s; head %d %s", len(records), self._path, seq, prev)
+
+    def sign(self) -> None:
+        """Sign the current head and replace the signature file (each append does; call at run end too)."""
+        self._open()
+        records, head = self._head
+        signature = self._key.sign(_signed_message(records, head))
+        document = {
+            "algorithm": "Ed25519",
+            "fingerprint": self.fingerprint,
+            "format": SIGNATURE_FORMAT,
+            "head": head,
+            "records": records,
+            "signature": signature.hex(),
+        }
+        _write_atomically(signature_path(self._path), (canonical_json(document) + "\n").encode("ascii"))
+
+    def _open(self) -> bool:
+        """Learn the head (continuing an existing ledger) or publish the key; True if the file is new."""
+        if self._head is not None:
+            self._check_terminated()
+            return False
+        pem = self.public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        key_file = public_key_path(self._path)
+        if self._path.exists() and self._path.stat().st_size > 0:
+            self._check_terminated()
+            if not key_file.is_file() or key_file.read_bytes() != pem:
+                raise LedgerError(
+                    self._path, 0,
+                    f"was started with another key than this Ledger's (fingerprint {self.fingerprint}); "
+                    "pass the run's signing_key to continue it",
+                )
+            entries = read_entries(self._path)
+            self._head = (entries[-1].seq, entries[-1].hash)
+            return False
+        _write_atomically(key_file, pem)
+        self._head = (0, GENESIS)
+        return not self._path.exists()
+
+    def _check_terminated(self) -> None:
+        with open(self._path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            if handle.tell() == 0:
+                return
+            handle.seek(-1, os.SEEK_END)
+            if handle.read(1) != b"\n":
+                raise LedgerError(self._path, 0, "last line is truncated (no trailing newline); refusing to append")
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class LedgerProblem:
+    """One thing wrong with a ledger, located by line and record number where known."""
+
+    message: str
+    line: Optional[int] = None
+    record: Optional[int] = None
+
+    def __str__(self) -> str:
+        where = []
+        if self.record is not None:
+            where.append(f"record {self.record}")
+        if self.line is not None:
+            where.append(f"line {self.line}")
+        return f"{', '.join(where)}: {self.message}" if where else self.message
+
+
+def _parse_line(raw: bytes) -> tuple[int, str, LedgerRecord]:
+    """(seq, prev, record) of one line, or ValueError with what is wrong."""
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not ASCII JSON ({exc.reason} at byte {exc.start})") from None
+    if not text.strip():
+        raise ValueError("empty line")
+    data = _loads_strict(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+    missing = [f for f in _CHAIN_FIELDS if f not in data]
+    if missing:
+        raise ValueError(f"missing chain field(s) {missing}: not a hash-chained fedsim ledger")
+    seq, prev = data.pop("seq"), data.pop("prev")
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
+        raise ValueError(f"seq must be an integer >= 1, got {seq!r}")
+    if not isinstance(prev, str) or not _HEX64.fullmatch(prev):
+        raise ValueError(f"prev must be 64 lowercase hex digits, got {prev!r}")
+    record = LedgerRecord.from_dict(data)
+    if canonical_json({**record.to_dict(), "seq": seq, "prev": prev}) != text:
+        raise ValueError("not in canonical form (sorted keys, no spaces, shortest numbers): edited by hand?")
+    return seq, prev, record
+
+
+def _scan(data: bytes) -> tuple[list[LedgerEntry], list[LedgerProblem]]:
+    """Every readable entry and every problem of a ledger's bytes (nothing raised)."""
+    entries: list[LedgerEntry] = []
+    problems: list[LedgerProblem] = []
     if not data:
-        return records
+        return entries, problems
     lines = data.split(b"\n")
     terminated = lines[-1] == b""
     if terminated:
         lines.pop()
     for number, raw in enumerate(lines, start=1):
         if number == len(lines) and not terminated:
-            raise LedgerError(path, number, "truncated (no trailing newline): incomplete write")
-        if not raw.strip():
-            raise LedgerError(path, number, "empty line")
+            problems.append(LedgerProblem("truncated (no trailing newline): an incomplete write", line=number))
+            continue
         try:
-            record = LedgerRecord.from_json(raw.decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            raise LedgerError(path, number, f"not valid UTF-8 ({exc.reason})") from None
-        except (ValueError, TypeError) as exc:
-            raise LedgerError(path, number, str(exc)) from None
-        if records and record.round < records[-1].round:
-            raise LedgerError(
-                path, number, f"round {record.round} follows round {records[-1].round}; rounds must not decrease"
-            )
-        records.append(record)
-    return records
+            seq, prev, record = _parse_line(raw)
+        except ValueError as exc:
+            problems.append(LedgerProblem(str(exc), line=number))
+            continue
+        entries.append(LedgerEntry(seq, prev, _sha256(raw.decode("ascii")), number, record))
+    problems.extend(_sequence_problems(entries))
+    problems.extend(_chain_problems(entries))
+    problems.extend(_round_problems(entries))
+    # By line; problems with no line of their own (a deleted record) after those with one.
+    return entries, sorted(problems, key=lambda p: (p.line is None, p.line or 0, p.record or 0))
+
+
+def _sequence_problems(entries: Sequence[LedgerEntry]) -> list[LedgerProblem]:
+    """Deleted, duplicated, swapped or moved records, from the ``seq`` numbers."""
+    problems = []
+    seen: dict[int, int] = {}
+    swapped: set[int] = set()
+    for before, after in zip(entries, entries[1:]):
+        if after.seq == before.seq - 1 and after.line == before.line + 1:
+            problems.append(LedgerProblem(
+                f"records {after.seq} and {before.seq} are swapped (lines {before.line} and {after.line})",
+                line=before.line,
+            ))
+            swapped.update((before.line, after.line))
+        elif after.seq <= before.seq and after.line not in swapped:
+            problems.append(LedgerProblem(
+                f"out of order: comes after record {before.seq} (line {before.line})", line=after.line, record=after.seq,
+            ))
+    for entry in entries:
+        if entry.seq in seen:
+            problems.append(LedgerProblem(f"duplicate of line {seen[entry.seq]}", line=entry.line, record=entry.seq))
+        seen.setdefault(entry.seq, entry.line)
+    highest = max(seen, default=0)
+    for missing in sorted(set(range(1, highest + 1)) - set(seen)):
+        after = next((e for e in entries if e.seq > missing), None)
+        where = f": line {after.line} holds record {after.seq} where it belongs" if after is not None else ""
+        problems.append(LedgerProblem(f"missing (deleted from the ledger){where}", record=missing))
+    return problems
+
+
+def _span(first: int, last: int) -> str:
+    return f"record {first}" if first == last else f"records {first}..{last}"
+
+
+def _chain_problems(entries: Sequence[LedgerEntry]) -> list[LedgerProblem]:
+    """Records whose content changed after the next record was chained to them."""
+    problems = []
+    by_seq = {entry.seq: entry for entry in entries}
+    for entry in entries:
+        if entry.seq == 1:
+            if entry.prev != GENESIS:
+                problems.append(LedgerProblem("record 1 must be chained to the genesis hash", line=entry.line, record=1))
+            continue
+        before = by_seq.get(entry.seq - 1)
+        if before is not None and entry.prev != before.hash:
+            problems.append(LedgerProblem(
+                f"changed after it was written: it hashes to {before.hash[:16]}..., but record {entry.seq} "
+                f"(line {entry.line}) was chained to {entry.prev[:16]}...",
+                line=before.line, record=before.seq,
+            ))
+    return problems
+
+
+def _round_problems(entries: Sequence[LedgerEntry]) -> list[LedgerProblem]:
+    problems = []
+    for before, after in zip(entries, entries[1:]):
+        if after.record.round < before.record.round:
+            problems.append(LedgerProblem(
+                f"round {after.record.round} follows round {before.record.round}; rounds must not decrease",
+                line=after.line, record=after.seq,
+            ))
+    return problems
+
+
+def read_entries(path: PathLike) -> list[LedgerEntry]:
+    """Every entry of the ledger at ``path`` after checking lines, numbering and chain.
+
+    The signature is not checked here (a running server signs just after each
+    append; use :func:`audit_ledger` for that).
+
+    Raises:
+        LedgerError: naming the line of the first problem: not ASCII / JSON / a
+            valid record, not canonical, a last line without its newline (a torn
+            write), a record missing, duplicated or out of order, a broken chain, or
+            a round lower than the line before.
+    """
+    with open(path, "rb") as handle:
+        entries, problems = _scan(handle.read())
+    if problems:
+        first = problems[0]
+        message = first.message if first.record is None else f"record {first.record}: {first.message}"
+        raise LedgerError(path, first.line or 0, message)
+    return entries
+
+
+def read_ledger(path: PathLike) -> list[LedgerRecord]:
+    """All records of the ledger at ``path``, in file order (see :func:`read_entries`)."""
+    return [entry.record for entry in read_entries(path)]
+
+
+# ----------------------------------------------------------------------------- auditing
+
+
+@dataclass(frozen=True)
+class LedgerAudit:
+    """What :func:`audit_ledger` found: the readable records and every problem."""
+
+    path: Path
+    entries: tuple[LedgerEntry, ...]
+    problems: tuple[LedgerProblem, ...]
+    fingerprint: Optional[str]  # of the key the signature was checked against
+    signed_records: Optional[int]  # records covered by a valid signature
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def records(self) -> list[LedgerRecord]:
+        return [entry.record for entry in self.entries]
+
+
+def audit_ledger(
+    path: PathLike,
+    *,
+    public_key: Optional[Union[Ed25519PublicKey, bytes, str]] = None,
+    fingerprint: Optional[str] = None,
+) -> LedgerAudit:
+    """Check a ledger's lines, numbering, chain and signed head; never raises on tampering.
+
+    Args:
+        path: the ledger file (``ledger.pub`` and ``ledger.sig`` beside it).
+        public_key: pin the run's key (PEM, raw, hex or key object): the signature
+            must verify with it, and ``ledger.pub`` must be it.
+        fingerprint: pin the key's SHA-256 fingerprint instead (as printed at run start).
+
+    Raises:
+        FileNotFoundError: no ledger at ``path``.
+        ValueError: ``public_key`` or ``fingerprint`` is malformed.
+    """
+    path = Path(path)
+    pinned_key = public_key if isinstance(public_key, Ed25519PublicKey) or public_key is None else load_public_key(public_key)
+    pinned = key_fingerprint(pinned_key) if pinned_key is not None else None
+    if fingerprint is not None:
+        wanted = normalize_fingerprint(fingerprint)
+        if pinned is not None and wanted != pinned:
+            raise ValueError(f"fingerprint {wanted} does not match the pinned public key ({pinned})")
+        pinned = wanted
+    entries, problems = _scan(path.read_bytes())
+
+    key, key_problems = _verification_key(path, pinned_key, pinned)
+    problems.extend(key_problems)
+    signed = None
+    if key is not None:
+        signed, signature_problems = _check_signature(path, key, entries)
+        problems.extend(signature_problems)
+    return LedgerAudit(
+        path=path,
+        entries=tuple(entries),
+        problems=tuple(problems),
+        fingerprint=key_fingerprint(key) if key is not None else pinned,
+        signed_records=signed,
+    )
+
+
+def _verification_key(
+    path: Path, pinned_key: Optional[Ed25519PublicKey], pinned: Optional[str]
+) -> tuple[Optional[Ed25519PublicKey], list[LedgerProblem]]:
+    """The key to check the signature with, and problems with the key file beside the ledger."""
+    key_file = public_key_path(path)
+    problems = []
+    try:
+        beside: Optional[Ed25519PublicKey] = load_public_key(key_file.read_bytes())
+    except FileNotFoundError:
+        beside = None
+        problems.append(LedgerProblem(f"public key file {key_file.name} is missing"))
+    except ValueError as exc:
+        beside = None
+        problems.append(LedgerProblem(f"public key file {key_file.name} is unreadable: {exc}"))
+    if beside is not None and pinned is not None and key_fingerprint(beside) != pinned:
+        problems.append(LedgerProblem(
+            f"{key_file.name} holds key {key_fingerprint(beside)}, not the pinned key {pinned}: "
+            "the ledger was re-signed with another key"
+        ))
+        beside = None
+    return (pinned_key if pinned_key is not None else beside), problems
+
+
+def _check_signature(
+    path: Path, key: Ed25519PublicKey, entries: Sequence[LedgerEntry]
+) -> tuple[Optional[int], list[LedgerProblem]]:
+    """(records covered by a valid signature, problems) for the signature file beside ``path``."""
+    sig_file = signature_path(path)
+    try:
+        document = _loads_strict(sig_file.read_text(encoding="ascii"))
+        records, head, signature = document["records"], document["head"], bytes.fromhex(document["signature"])
+        if isinstance(records, bool) or not isinstance(records, int) or not isinstance(head, str):
+            raise ValueError("records must be an integer and head a string")
+    except FileNotFoundError:
+        return None, [LedgerProblem(f"signature file {sig_file.name} is missing: the head was never signed")]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        return None, [LedgerProblem(f"signature file {sig_file.name} is unreadable: {exc}")]
+    fp = key_fingerprint(key)
+    try:
+        key.verify(signature, _signed_message(records, head))
+    except InvalidSignature:
+        return None, [LedgerProblem(
+            f"the signature over the head (record {records}, hash {head[:16]}...) does not verify with key {fp}: "
+            "signed with another key, or the signature file was edited",
+            record=records,
+        )]
+    problems = []
+    last = max((entry.seq for entry in entries), default=0)
+    by_seq = {entry.seq: entry for entry in entries}
+    if records > last:
+        problems.append(LedgerProblem(
+            f"the signature covers {records} records but the ledger ends at record {last}: "
+            f"{_span(last + 1, records)} removed (truncated)",
+            record=last + 1,
+        ))
+    elif records in by_seq and by_seq[records].hash != head:
+        problems.append(LedgerProblem(
+            f"does not match the signed head (hash {head[:16]}..., now {by_seq[records].hash[:16]}...): "
+            "this record or one before it was changed after signing",
+            line=by_seq[records].line, record=records,
+        ))
+    if records < last:
+        problems.append(LedgerProblem(
+            f"{_span(records + 1, last)} after the signed head (record {records}): no signature covers them",
+            record=records + 1,
+        ))
+    return records, problems

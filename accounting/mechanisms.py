@@ -6,9 +6,17 @@ it knows nothing about composition. Accountants (:mod:`accounting.prv`,
 spirit of ``prv_accountant.privacy_random_variables``.
 
 Every mechanism class has a class-level ``name`` (its tag in the ledger),
-``to_dict()`` / ``from_dict()`` for exact JSON round trips, and an integer ``steps``
-(how many times it ran). New mechanisms slot in by adding a frozen dataclass with
-those members and listing it in ``_REGISTRY``.
+``to_dict()`` / ``from_dict()`` for exact JSON round trips, an integer ``steps``
+(how many times it ran) and :meth:`accounted_as`: the Poisson-subsampled Gaussian
+whose privacy curve dominates one run of it, which is all the accountants need.
+New mechanisms slot in by adding a frozen dataclass with those members and listing
+it in ``_REGISTRY``.
+
+Two levels of privacy (DESIGN.md, "Privacy semantics"):
+
+* :class:`PoissonSubsampledGaussian`: sample-level DP-SGD steps, one party per client;
+* :class:`ClientLevelGaussian`: client-level DP-FedAvg rounds, whose guarantee covers
+  every member of the population.
 """
 
 from __future__ import annotations
@@ -17,14 +25,21 @@ import math
 import numbers
 from dataclasses import dataclass, replace
 from types import MappingProxyType
-from typing import Any, ClassVar, Iterable, Mapping
+from typing import Any, ClassVar, Iterable, Mapping, Union
 
 __all__ = [
+    "SAMPLING_FIXED_SIZE",
+    "SAMPLING_POISSON",
+    "ClientLevelGaussian",
     "Mechanism",
     "PoissonSubsampledGaussian",
+    "accounted_history",
     "mechanism_from_dict",
     "merge_mechanisms",
 ]
+
+SAMPLING_POISSON = "poisson"
+SAMPLING_FIXED_SIZE = "fixed_size"
 
 
 def _check_real(owner: str, field: str, value: Any) -> float:
@@ -117,13 +132,114 @@ class PoissonSubsampledGaussian:
             steps=data["steps"],
         )
 
+    def accounted_as(self) -> "PoissonSubsampledGaussian":
+        """Itself: the accountants' native mechanism."""
+        return self
 
-#: Every mechanism type the accountants understand. A later issue widens this to a
-#: Union as mechanisms are added.
-Mechanism = PoissonSubsampledGaussian
 
-_REGISTRY: Mapping[str, type[PoissonSubsampledGaussian]] = MappingProxyType(
-    {PoissonSubsampledGaussian.name: PoissonSubsampledGaussian}
+@dataclass(frozen=True)
+class ClientLevelGaussian:
+    """``steps`` rounds of client-level DP-FedAvg (McMahan, Ramage, Talwar, Zhang 2018).
+
+    Each round a cohort is drawn from ``population`` clients; every whole client update
+    is clipped to L2 norm S and the secure sum carries Gaussian noise of standard
+    deviation ``noise_multiplier * S`` (with distributed noise: the shares the
+    *surviving* clients actually added, so dropouts lower it; record what happened,
+    not what was planned). Neighbouring populations differ by one client's whole data.
+
+    ``sampling`` says how the cohort was drawn and so which guarantee holds:
+
+    * ``"poisson"``: every client joins independently with probability
+      ``q = cohort_size / population`` (``cohort_size`` is the *expected* cohort).
+      Accounted as the Poisson-subsampled Gaussian with that q (McMahan et al. 2018,
+      Sec. 3; the PRV of Gopi et al. 2021).
+    * ``"fixed_size"``: exactly ``cohort_size`` clients drawn without replacement.
+      The Poisson analysis does not apply, and no amplification is claimed: couple the
+      cohorts of two neighbouring populations so that they differ in at most one
+      member (Balle, Barthe, Gaboardi 2018, Sec. 5); the noisy sums then differ by a
+      vector of norm <= 2S, so by joint convexity of the hockey-stick divergence the
+      round is dominated by the Gaussian mechanism with sensitivity 2S, i.e. multiplier
+      ``noise_multiplier / 2`` at q = 1. Sound, and loose.
+
+    Attributes:
+        noise_multiplier: realised noise std / clipping norm S of the summed update; > 0.
+        cohort_size: expected (poisson) or exact (fixed_size) cohort; integer >= 1.
+        population: number of clients the cohort is drawn from; >= cohort_size.
+        steps: number of rounds; integer >= 0.
+        sampling: ``"poisson"`` or ``"fixed_size"``.
+    """
+
+    name: ClassVar[str] = "client_level_gaussian"
+
+    noise_multiplier: float
+    cohort_size: int
+    population: int
+    steps: int
+    sampling: str = SAMPLING_POISSON
+
+    def __post_init__(self) -> None:
+        owner = type(self).__name__
+        sigma = _check_real(owner, "noise_multiplier", self.noise_multiplier)
+        if not sigma > 0.0:
+            raise ValueError(f"{owner}.noise_multiplier must be > 0, got {sigma!r}")
+        cohort = _check_count(owner, "cohort_size", self.cohort_size)
+        if cohort < 1:
+            raise ValueError(f"{owner}.cohort_size must be an integer >= 1, got {cohort}")
+        population = _check_count(owner, "population", self.population)
+        if population < cohort:
+            raise ValueError(f"{owner}.population must be an integer >= cohort_size={cohort}, got {population}")
+        steps = _check_count(owner, "steps", self.steps)
+        if self.sampling not in (SAMPLING_POISSON, SAMPLING_FIXED_SIZE):
+            raise ValueError(
+                f"{owner}.sampling must be {SAMPLING_POISSON!r} or {SAMPLING_FIXED_SIZE!r}, got {self.sampling!r}"
+            )
+        object.__setattr__(self, "noise_multiplier", sigma)
+        object.__setattr__(self, "cohort_size", cohort)
+        object.__setattr__(self, "population", population)
+        object.__setattr__(self, "steps", steps)
+
+    @property
+    def sample_rate(self) -> float:
+        """q = cohort_size / population."""
+        return self.cohort_size / self.population
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form: ``{"name", "noise_multiplier", "cohort_size", "population", "steps", "sampling"}``."""
+        return {
+            "name": self.name,
+            "noise_multiplier": self.noise_multiplier,
+            "cohort_size": self.cohort_size,
+            "population": self.population,
+            "steps": self.steps,
+            "sampling": self.sampling,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ClientLevelGaussian":
+        """Inverse of :meth:`to_dict`; rejects a wrong ``name`` and missing/unknown fields."""
+        _check_keys(cls.__name__, data, ("name", "noise_multiplier", "cohort_size", "population", "steps", "sampling"))
+        if data["name"] != cls.name:
+            raise ValueError(f"{cls.__name__}.name must be {cls.name!r}, got {data['name']!r}")
+        return cls(
+            noise_multiplier=data["noise_multiplier"],
+            cohort_size=data["cohort_size"],
+            population=data["population"],
+            steps=data["steps"],
+            sampling=data["sampling"],
+        )
+
+    def accounted_as(self) -> PoissonSubsampledGaussian:
+        """The dominating Poisson-subsampled Gaussian (see the class docstring)."""
+        if self.sampling == SAMPLING_POISSON:
+            return PoissonSubsampledGaussian(self.noise_multiplier, self.sample_rate, self.steps)
+        return PoissonSubsampledGaussian(self.noise_multiplier / 2.0, 1.0, self.steps)
+
+
+#: Every mechanism type the ledger records and the accountants understand.
+Mechanism = Union[PoissonSubsampledGaussian, ClientLevelGaussian]
+
+_REGISTRY: Mapping[str, type] = MappingProxyType(
+    {cls.name: cls for cls in (PoissonSubsampledGaussian, ClientLevelGaussian)}
 )
 
 
@@ -139,6 +255,14 @@ def mechanism_from_dict(data: Mapping[str, Any]) -> Mechanism:
     return cls.from_dict(data)
 
 
+def _check_mechanism(index: int, mechanism: Any) -> None:
+    if type(mechanism) not in _REGISTRY.values():
+        raise TypeError(
+            f"mechanisms[{index}] must be one of {sorted(c.__name__ for c in _REGISTRY.values())}, "
+            f"got {type(mechanism).__name__}"
+        )
+
+
 def merge_mechanisms(mechanisms: Iterable[Mechanism]) -> tuple[Mechanism, ...]:
     """Merge mechanisms that differ only in ``steps`` by summing their steps.
 
@@ -148,11 +272,25 @@ def merge_mechanisms(mechanisms: Iterable[Mechanism]) -> tuple[Mechanism, ...]:
     """
     totals: dict[Mechanism, int] = {}
     for index, mechanism in enumerate(mechanisms):
-        if type(mechanism) not in _REGISTRY.values():
-            raise TypeError(
-                f"mechanisms[{index}] must be one of {sorted(c.__name__ for c in _REGISTRY.values())}, "
-                f"got {type(mechanism).__name__}"
-            )
+        _check_mechanism(index, mechanism)
         key = replace(mechanism, steps=0)
         totals[key] = totals.get(key, 0) + mechanism.steps
     return tuple(replace(key, steps=steps) for key, steps in totals.items() if steps > 0)
+
+
+def accounted_history(mechanisms: Iterable[Mechanism]) -> tuple[PoissonSubsampledGaussian, ...]:
+    """The canonical form the accountants compose: dominating Poisson-subsampled
+    Gaussians, identical ones merged, zero-step ones dropped, sorted by
+    ``(noise_multiplier, sample_rate)``.
+
+    Composition is commutative, so the order of a history carries no information; a
+    fixed order makes every accountant's floating-point arithmetic, and so every
+    figure, a function of the multiset of releases alone (the server's running figure
+    and an auditor's recomputation agree to the last bit).
+    """
+    dominating = []
+    for index, mechanism in enumerate(mechanisms):
+        _check_mechanism(index, mechanism)
+        dominating.append(mechanism.accounted_as())
+    merged = merge_mechanisms(dominating)
+    return tuple(sorted(merged, key=lambda m: (m.noise_multiplier, m.sample_rate)))

@@ -6,9 +6,34 @@ discretised, truncated PRV is composed by FFT and gives ``eps`` with a certified
 ``[lower, upper]`` of half-width ``eps_error`` (their Thm. 5.5), at the cost of
 ``delta_error`` in delta. ``upper`` is the guarantee to report.
 
-When the PRV numerics cannot be trusted (prv_accountant raises, the grid would not
-fit in memory, or the answer contradicts an independent bound) we fall back to a
-sound bound and say so in :attr:`EpsilonBound.method`:
+How it is computed here, and why:
+
+* **Discretisation** is prv_accountant's, step for step as ``PRVAccountant.__init__``
+  does it: truncate each mechanism's PRV to the domain ``[-L, L]``
+  (``PrivacyRandomVariableTruncated``), cell-centred discretisation with its
+  mean-preserving shift (``discretisers.CellCentred``), on ``Domain.create_aligned``.
+* **The grid** (mesh and ``L``) is a function of the history's *canonical form* only
+  (:func:`choose_grid`): the mesh certifies ``eps_error`` for ``capacity`` (the total
+  number of steps rounded up to ``2**k`` or ``3 * 2**k``; Thm. 5.5), ``L`` is the safe
+  domain of Remark 5.6 for ``capacity`` steps of the history's mechanisms, rounded up
+  to 1/8 of an octave and then to an FFT-friendly grid length. A finer mesh or a wider domain than needed only makes the
+  bound tighter or safer, and a grid so chosen is shared by every history of the same
+  capacity: a run re-queries cached discretisations instead of rebuilding them.
+* **Composition** multiplies the mechanisms' spectra on that shared grid (circular
+  convolution, as prv_accountant's ``Fourier`` composer does for one mechanism,
+  extended to several) in float64, and ``eps`` is read off the composed PMF as in
+  ``DiscretePrivacyRandomVariable.compute_epsilon``. float64 instead of long double
+  makes a query ~4x faster; a guard (as prv_accountant's own) refuses a grid on which
+  float64 rounding could approach ``delta_error``.
+
+Every figure is therefore a deterministic function of the multiset of releases: the
+server's running figure (:class:`PRVComposer`, cached) and an auditor's recomputation
+(:func:`prv_epsilon`, cold) agree to the last bit.
+
+When the PRV numerics cannot be trusted (prv_accountant raises "Discrete mean differs
+from continuous mean significantly" at high eps, the grid would not fit in memory, or
+the answer contradicts an independent bound) we fall back to a sound bound and say so
+in :attr:`EpsilonBound.method`:
 
 * every mechanism at ``sample_rate == 1``: the exact composition of Gaussians
   (Balle & Wang 2018; Dong, Roth, Su 2019) -> ``"analytic_gaussian"``;
@@ -24,30 +49,35 @@ import logging
 import math
 import time
 import warnings
-from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from typing import Any, Mapping, Sequence, Union
 
 import numpy as np
-from prv_accountant import PRVAccountant
-from prv_accountant.accountant import compute_safe_domain_size
-from prv_accountant.privacy_random_variables import PoissonSubsampledGaussianMechanism
-from scipy.fft import next_fast_len
+from prv_accountant.discretisers import CellCentred
+from prv_accountant.domain import Domain
+from prv_accountant.privacy_random_variables import PoissonSubsampledGaussianMechanism, PrivacyRandomVariableTruncated
+from scipy.fft import irfft, next_fast_len, rfft
 from scipy.optimize import brentq
 from scipy.special import log_ndtr, ndtr
 
-from .mechanisms import Mechanism, PoissonSubsampledGaussian, merge_mechanisms
-from .rdp import check_delta, rdp_epsilon
+from .mechanisms import Mechanism, PoissonSubsampledGaussian, accounted_history
+from .rdp import DEFAULT_ORDERS, check_delta, per_step_rdp, rdp_epsilon, rdp_to_epsilon
 
 __all__ = [
     "METHOD_PRV",
     "METHOD_RDP",
     "METHOD_ANALYTIC_GAUSSIAN",
     "METHOD_NONE",
+    "DEFAULT_EPS_ERROR",
     "DEFAULT_MAX_GRID_POINTS",
     "EpsilonBound",
+    "PRVComposer",
+    "PRVGrid",
+    "choose_grid",
+    "composed_gaussian_mu",
     "gaussian_delta",
     "gaussian_epsilon",
-    "composed_gaussian_mu",
     "prv_epsilon",
 ]
 
@@ -58,13 +88,28 @@ METHOD_RDP = "rdp"
 METHOD_ANALYTIC_GAUSSIAN = "analytic_gaussian"
 METHOD_NONE = "none"  # nothing was released: eps = 0
 
-#: Largest PRV discretisation we attempt, in grid points summed over the distinct
-#: mechanisms (~250 bytes and ~3 us per point with prv_accountant 0.2.0): ~2 GB, ~30 s.
+#: Half-width of the certified band (PAPERS.md: prv_accountant's 0.1 is too coarse).
+DEFAULT_EPS_ERROR = 0.01
+
+#: Largest PRV grid we attempt, in points summed over the distinct mechanisms. The
+#: discretisation (prv_accountant, long double) costs ~1 us and ~200 bytes a point at
+#: its peak: 8e6 points is ~10 s and ~2 GB once per grid.
 DEFAULT_MAX_GRID_POINTS = 8_000_000
+
+#: Discretised PRVs a :class:`PRVComposer` keeps (16 bytes per grid point each).
+DEFAULT_CACHE_BYTES = 512 * 2**20
 
 #: delta_error = delta * DELTA_ERROR_FRACTION (the choice of prv_accountant and Opacus).
 DELTA_ERROR_FRACTION = 1e-3
 
+#: The safe half-width L is rounded up to 2**(k / L_STEPS_PER_OCTAVE) so that a grid
+#: serves many histories (<= 9% more points than needed).
+L_STEPS_PER_OCTAVE = 8
+
+#: exp(t) must stay finite in float64 over [-L, L].
+MAX_HALF_WIDTH = 700.0
+
+PRVFailure = (RuntimeError, MemoryError, ValueError, OverflowError, FloatingPointError)
 
 class PRVUnavailable(RuntimeError):
     """The PRV computation was not attempted or its result was rejected."""
@@ -183,33 +228,58 @@ def composed_gaussian_mu(mechanisms: Sequence[Mechanism]) -> float:
     return math.sqrt(sum(m.steps / m.noise_multiplier**2 for m in mechanisms))
 
 
-# ------------------------------------------------------------------------------ PRV path
+# ------------------------------------------------------------------------------ the grid
 
 
-def _to_prv(mechanism: Mechanism) -> PoissonSubsampledGaussianMechanism:
-    """The prv_accountant privacy random variable of one run of ``mechanism``."""
-    if isinstance(mechanism, PoissonSubsampledGaussian):
-        return PoissonSubsampledGaussianMechanism(
-            sampling_probability=mechanism.sample_rate, noise_multiplier=mechanism.noise_multiplier
-        )
-    raise TypeError(f"no PRV for mechanism type {type(mechanism).__name__}")
+def grid_capacity(total_steps: int) -> int:
+    """The number of compositions a grid certifies: the smallest ``2**k`` or ``3 * 2**k`` >= ``total_steps``.
 
-
-def _mesh_size(total_steps: int, eps_error: float, delta_error: float) -> float:
-    """Grid spacing that certifies ``eps_error`` (Gopi et al. 2021, Thm. 5.5; as in prv_accountant)."""
-    return eps_error / math.sqrt(total_steps / 2.0 * math.log(12.0 / delta_error))
-
-
-def _fft_friendly_half_width(safe_half_width: float, mesh: float) -> tuple[float, int]:
-    """Enlarge the domain [-L, L] so that prv_accountant's grid length is 5-smooth.
-
-    prv_accountant builds ``Domain.create_aligned(-L, L, mesh)``: for
-    ``L = (n - 1/2) * mesh`` that grid has ``2n + 2`` points. Grid lengths with a large
-    prime factor make its long-double FFT up to ~15x slower. A larger L than the safe
-    one (Gopi et al. 2021, Remark 5.6) only truncates less, so the bound stays valid.
-    Returns ``(L, number of grid points)``.
+    Consecutive capacities are at most 1.5x apart, so a grid has at most
+    ``sqrt(1.5) - 1`` = 22% more points than ``total_steps`` alone would need.
     """
-    n = math.ceil(safe_half_width / mesh + 0.5)
+    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+        raise ValueError(f"total_steps must be an integer >= 1, got {total_steps!r}")
+    power = 1 << (total_steps - 1).bit_length()
+    return 3 * power // 4 if power >= 4 and 3 * power // 4 >= total_steps else power
+
+
+def mesh_size(capacity: int, eps_error: float, delta_error: float) -> float:
+    """Grid spacing that certifies ``eps_error`` for ``capacity`` compositions.
+
+    Gopi et al. 2021, Thm. 5.5 (as in ``PRVAccountant``):
+    ``eps_error / sqrt(capacity / 2 * log(12 / delta_error))``.
+    """
+    return eps_error / math.sqrt(capacity / 2.0 * math.log(12.0 / delta_error))
+
+
+def safe_half_width(
+    per_step_curves: Sequence[np.ndarray], capacity: int, eps_error: float, delta_error: float
+) -> float:
+    """Half-width L of a domain [-L, L] that holds any composition of ``capacity`` steps of these mechanisms.
+
+    Gopi et al. 2021, Remark 5.6, as ``prv_accountant.accountant.compute_safe_domain_size``:
+    the RDP epsilon of the composition at ``delta_error / 4``, and of one step of each
+    mechanism at ``delta_error / (8 * capacity)``, whichever is larger, plus 3. The
+    composition's RDP curve is bounded by ``capacity`` times the pointwise largest
+    per-step curve, whatever the mix of mechanisms (RDP adds up: Mironov 2017, Prop. 1),
+    so L depends on the set of mechanisms and the capacity only, and one grid serves a
+    history as it grows. Curves are Opacus's orders (:data:`accounting.rdp.DEFAULT_ORDERS`).
+    """
+    envelope = np.max(np.vstack(per_step_curves), axis=0)
+    half_width, _ = rdp_to_epsilon(envelope * capacity, DEFAULT_ORDERS, delta_error / 4.0)
+    for curve in per_step_curves:
+        half_width = max(half_width, rdp_to_epsilon(curve, DEFAULT_ORDERS, delta_error / 8.0 / capacity)[0])
+    return max(half_width, eps_error) + 3.0
+
+
+def _fft_friendly_half_width(safe: float, mesh: float) -> tuple[float, int]:
+    """Enlarge the domain [-L, L] so that its aligned grid length is even and 5-smooth.
+
+    ``Domain.create_aligned(-L, L, mesh)`` with ``L = (n - 1/2) * mesh`` has ``2n + 2``
+    points; a length with a large prime factor makes the FFT up to ~15x slower. A
+    larger L than the safe one only truncates less. Returns ``(L, number of points)``.
+    """
+    n = math.ceil(safe / mesh + 0.5)
     size = next_fast_len(2 * n + 2, real=True)
     while size % 2:
         size = next_fast_len(size + 1, real=True)
@@ -217,80 +287,316 @@ def _fft_friendly_half_width(safe_half_width: float, mesh: float) -> tuple[float
     return (n - 0.5) * mesh, size
 
 
-def _prv_band(
-    mechanisms: Sequence[Mechanism], delta: float, eps_error: float, max_grid_points: int
-) -> tuple[float, float, float]:
-    """(lower, estimate, upper) from prv_accountant's heterogeneous PRVAccountant.
+@dataclass(frozen=True)
+class PRVGrid:
+    """One discretisation of the PRV domain, shared by every mechanism composed on it."""
 
-    Raises PRVUnavailable if the grid would exceed ``max_grid_points``; lets
-    prv_accountant's own RuntimeError / MemoryError / ValueError propagate.
+    capacity: int
+    eps_error: float
+    delta_error: float
+    half_width: float
+    mesh: float
+    size: int
+    t_min: float
+
+    def domain(self) -> Domain:
+        """prv_accountant's aligned domain for this grid."""
+        domain = Domain.create_aligned(-self.half_width, self.half_width, self.mesh)
+        if len(domain) != self.size:
+            raise AssertionError(f"aligned domain has {len(domain)} points, expected {self.size}")
+        return domain
+
+
+def choose_grid(
+    history: Sequence[PoissonSubsampledGaussian],
+    delta: float,
+    eps_error: float,
+    per_step_curves: Sequence[np.ndarray],
+) -> PRVGrid:
+    """The grid of a canonical history (:func:`accounting.mechanisms.accounted_history`).
+
+    ``capacity`` = :func:`grid_capacity` of the total steps; mesh by Thm. 5.5 for
+    ``capacity``; L by :func:`safe_half_width` for the history's mechanisms at
+    ``capacity`` steps, rounded up to ``2**(k/8)``, then to an FFT-friendly length.
+    Depends on nothing but its arguments.
     """
+    capacity = grid_capacity(sum(m.steps for m in history))
     delta_error = delta * DELTA_ERROR_FRACTION
-    prvs = [_to_prv(m) for m in mechanisms]
-    steps = [m.steps for m in mechanisms]
-    safe_half_width = float(
-        compute_safe_domain_size(prvs, steps, eps_error=eps_error, delta_error=delta_error)
+    needed = safe_half_width(per_step_curves, capacity, eps_error, delta_error)
+    if not needed <= MAX_HALF_WIDTH:
+        raise PRVUnavailable(f"safe PRV domain half-width {needed:.4g} exceeds {MAX_HALF_WIDTH}")
+    rounded = 2.0 ** (math.ceil(math.log2(needed) * L_STEPS_PER_OCTAVE) / L_STEPS_PER_OCTAVE)
+    mesh = mesh_size(capacity, eps_error, delta_error)
+    half_width, size = _fft_friendly_half_width(rounded, mesh)
+    t_min = float(Domain.create_aligned(-half_width, half_width, mesh).t_min())
+    return PRVGrid(capacity, eps_error, delta_error, half_width, mesh, size, t_min)
+
+
+# ------------------------------------------------------------------ discretise, compose, read
+
+
+@dataclass(frozen=True)
+class DiscretePRV:
+    """One mechanism's discretised PRV on a grid, kept as its spectrum."""
+
+    spectrum: np.ndarray  # rfft of the PMF on the grid (complex128)
+    shift: float  # prv_accountant's mean-preserving shift of the domain
+    log_pmc_inf: float  # log(1 - probability mass at +infinity)
+
+
+def discretise(mechanism: PoissonSubsampledGaussian, grid: PRVGrid) -> DiscretePRV:
+    """prv_accountant's discretisation of one step of ``mechanism``, as in ``PRVAccountant``.
+
+    Raises prv_accountant's ``RuntimeError("Discrete mean differs from continuous mean
+    significantly.")`` when the truncated PRV's mean cannot be matched on this grid.
+    """
+    domain = grid.domain()
+    prv = PoissonSubsampledGaussianMechanism(
+        sampling_probability=mechanism.sample_rate, noise_multiplier=mechanism.noise_multiplier
     )
-    mesh = _mesh_size(sum(steps), eps_error, delta_error)
-    half_width, size = _fft_friendly_half_width(safe_half_width, mesh)
-    if size * len(prvs) > max_grid_points:
-        raise PRVUnavailable(
-            f"PRV grid of {size} points x {len(prvs)} distinct mechanism(s) exceeds "
-            f"max_grid_points={max_grid_points}"
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        truncated = PrivacyRandomVariableTruncated(prv, domain.t_min(), domain.t_max())
+        discrete = CellCentred().discretise(truncated, domain)
+    pmf = np.asarray(discrete.pmf, dtype=np.float64)
+    return DiscretePRV(rfft(pmf), float(discrete.domain.shifts()), float(discrete.log_pmc_inf))
+
+
+def compose(parts: Sequence[tuple[DiscretePRV, int]], grid: PRVGrid) -> tuple[np.ndarray, float, float]:
+    """PMF of the composition of ``steps`` runs of each part: ``(pmf, t_min, log_pmc_inf)``.
+
+    The spectra's product is the circular convolution on the shared grid, as
+    prv_accountant's ``Fourier`` composer: the sum of n variables on grids
+    ``t_min + s_i + j * mesh`` lives on ``n * t_min + S + j * mesh`` (S = sum of the
+    shifts); rolling by ``(n - 1) * t_min / mesh`` puts it back on the window
+    ``t_min + S + k * mesh``. The domain is safe for ``capacity`` steps, so nothing of
+    weight wraps around.
+    """
+    total = sum(n for _, n in parts)
+    product = None
+    for part, n in parts:
+        power = part.spectrum**n
+        product = power if product is None else product * power
+    pmf = irfft(product, n=grid.size)
+    offset = round(-grid.t_min / grid.mesh)
+    pmf = np.roll(pmf, -((total - 1) * offset) % grid.size)
+    t_min = grid.t_min + sum(part.shift * n for part, n in parts)
+    log_pmc_inf = sum(part.log_pmc_inf * n for part, n in parts)
+    return pmf, t_min, log_pmc_inf
+
+
+def epsilon_band(
+    pmf: np.ndarray, t_min: float, mesh: float, log_pmc_inf: float, delta: float, delta_error: float, eps_error: float
+) -> tuple[float, float, float]:
+    """(lower, estimate, upper) eps at ``delta`` of a discrete PRV.
+
+    prv_accountant's ``DiscretePrivacyRandomVariable.compute_epsilon`` in float64:
+    ``delta(t) = sum_{s >= t} p_s (1 - e^(t - s))``; ``upper = eps(delta - delta_error)
+    + eps_error``, ``lower = eps(delta + delta_error) - eps_error`` (Gopi et al. Thm.
+    5.5). The crossing is the *last* grid point where delta(t) exceeds the target,
+    so rounding noise in the far left tail can only raise the figures.
+    """
+    delta_inf = -math.expm1(log_pmc_inf)
+    delta_fin = (delta - delta_inf) / (1.0 - delta_inf)
+    if delta_fin <= delta_error:
+        raise PRVUnavailable(f"mass at infinity {delta_inf:.3g} leaves no room for delta={delta:g}")
+    if np.finfo(np.float64).eps * pmf.size > delta_fin - delta_error:
+        raise PRVUnavailable(f"float64 rounding over {pmf.size} grid points could reach delta={delta:g}")
+    t = t_min + mesh * np.arange(pmf.size)
+    tail_mass = np.cumsum(pmf[::-1])[::-1]
+    tail_weighted = np.cumsum((pmf * np.exp(-t))[::-1])[::-1]
+    minus_delta = np.exp(t) * tail_weighted - tail_mass
+
+    def epsilon_at(target: float) -> float:
+        above = np.flatnonzero(minus_delta < -target)
+        if above.size == 0:
+            raise RuntimeError("Cannot compute epsilon")
+        i = int(above[-1]) + 1
+        return float(np.log((tail_mass[i] - target) / tail_weighted[i]))
+
+    upper = epsilon_at(delta_fin - delta_error) + eps_error
+    lower = epsilon_at(delta_fin + delta_error) - eps_error
+    estimate = epsilon_at(delta_fin)
+    return lower, estimate, upper
+
+
+# ------------------------------------------------------------------------------ composer
+
+
+class PRVComposer:
+    """Epsilon of histories, with discretised PRVs cached per grid.
+
+    Keep one per run (the server) or per audit: re-querying a grown history costs one
+    FFT on a cached grid; a grid is built (discretised, ~1 us a point) the first time a
+    capacity is reached, or ahead of time with :meth:`prepare`. Figures do not depend
+    on the cache: :meth:`epsilon` equals :func:`prv_epsilon` to the last bit.
+
+    Args:
+        eps_error: half-width of the certified band, in (0, 1]; <= 0.01 recommended.
+        max_grid_points: cap on a grid's points summed over distinct mechanisms;
+            larger compositions fall back (memory/time guard).
+        max_cache_bytes: discretised PRVs kept, least recently used evicted first.
+    """
+
+    def __init__(
+        self,
+        eps_error: float = DEFAULT_EPS_ERROR,
+        *,
+        max_grid_points: int = DEFAULT_MAX_GRID_POINTS,
+        max_cache_bytes: int = DEFAULT_CACHE_BYTES,
+    ) -> None:
+        self.eps_error = _check_eps_error(eps_error)
+        for name, value in (("max_grid_points", max_grid_points), ("max_cache_bytes", max_cache_bytes)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+                raise ValueError(f"{name} must be an integer >= 2, got {value!r}")
+        self.max_grid_points = max_grid_points
+        self.max_cache_bytes = max_cache_bytes
+        self._rdp_curves: dict[tuple[float, float], np.ndarray] = {}
+        self._discrete: OrderedDict[tuple[PRVGrid, float, float], Union[DiscretePRV, Exception]] = OrderedDict()
+        self._cached_bytes = 0
+        self._warned: set[str] = set()
+
+    # -- public
+
+    def epsilon(self, mechanisms: Sequence[Mechanism], delta: float) -> EpsilonBound:
+        """Epsilon at ``delta`` of the composition of ``mechanisms`` (see :func:`prv_epsilon`)."""
+        delta = check_delta(delta)
+        history = accounted_history(mechanisms)
+        if not history:
+            return EpsilonBound(lower=0.0, estimate=0.0, upper=0.0, delta=delta, method=METHOD_NONE)
+        started = time.perf_counter()
+        try:
+            band = self._prv_band(history, delta)
+        except (PRVUnavailable,) + PRVFailure as exc:
+            return self._fallback(history, delta, f"{type(exc).__name__}: {exc}")
+        logger.debug(
+            "PRV eps band %s at delta=%g for %d distinct mechanism(s), %d steps, in %.3f s",
+            band, delta, len(history), sum(m.steps for m in history), time.perf_counter() - started,
         )
-    with warnings.catch_warnings():
-        # eps_max only sets the domain half-width; ours is >= the safe one above.
-        warnings.filterwarnings("ignore", message="Assuming that true epsilon", category=UserWarning)
-        accountant = PRVAccountant(
-            prvs=prvs,
-            max_self_compositions=steps,
-            eps_error=eps_error,
-            delta_error=delta_error,
-            eps_max=half_width,
+        lower, _, upper = band
+        if not all(math.isfinite(v) for v in band):
+            return self._fallback(history, delta, f"non-finite PRV band {band}")
+        if all(m.sample_rate == 1.0 for m in history):
+            exact = gaussian_epsilon(composed_gaussian_mu(history), delta)
+            if not lower - 1e-9 <= exact <= upper + 1e-9:
+                return self._fallback(history, delta, f"PRV band {band} excludes the exact Gaussian eps {exact}")
+        else:
+            reference = self.rdp_epsilon(history, delta)
+            if lower > reference + 1e-9:
+                return self._fallback(history, delta, f"PRV lower bound {lower} exceeds the RDP upper bound {reference}")
+        return EpsilonBound(
+            lower=max(0.0, lower), estimate=max(0.0, band[1]), upper=max(0.0, upper), delta=delta, method=METHOD_PRV
         )
-    lower, estimate, upper = accountant.compute_epsilon(delta=delta, num_self_compositions=steps)
-    return float(lower), float(estimate), float(upper)
+
+    def rdp_epsilon(self, mechanisms: Sequence[Mechanism], delta: float) -> float:
+        """:func:`accounting.rdp.rdp_epsilon` with per-step RDP curves cached."""
+        return rdp_epsilon(mechanisms, delta, per_step=self._per_step_rdp)
+
+    def prepare(self, mechanisms: Sequence[Mechanism], delta: float) -> None:
+        """Build ahead the grids that the growing prefixes of this history will use.
+
+        For each capacity (:func:`grid_capacity`) up to the history's total steps, warms the
+        grid of the history scaled (in proportion) to that many steps. Only speed
+        changes: figures never depend on what is cached.
+        """
+        history = accounted_history(mechanisms)
+        total = sum(m.steps for m in history)
+        if not total:
+            return
+        delta = check_delta(delta)
+        capacities = sorted({grid_capacity(n) for n in range(1, grid_capacity(total) + 1)})
+        for capacity in capacities:
+            scaled = tuple(replace(m, steps=max(1, math.ceil(m.steps * capacity / total))) for m in history)
+            try:
+                grid = self._grid(scaled, delta)
+                for mechanism in scaled:
+                    self._discretised(mechanism, grid)
+            except (PRVUnavailable,) + PRVFailure as exc:
+                logger.debug("prepare: capacity %d not warmed (%s)", capacity, exc)
+
+    # -- internals
+
+    def _per_step_rdp(self, noise_multiplier: float, sample_rate: float) -> np.ndarray:
+        key = (noise_multiplier, sample_rate)
+        if key not in self._rdp_curves:
+            self._rdp_curves[key] = per_step_rdp(noise_multiplier, sample_rate)
+        return self._rdp_curves[key]
+
+    def _grid(self, history: Sequence[PoissonSubsampledGaussian], delta: float) -> PRVGrid:
+        curves = [self._per_step_rdp(m.noise_multiplier, m.sample_rate) for m in history]
+        grid = choose_grid(history, delta, self.eps_error, curves)
+        if grid.size * len(history) > self.max_grid_points:
+            raise PRVUnavailable(
+                f"PRV grid of {grid.size} points x {len(history)} distinct mechanism(s) exceeds "
+                f"max_grid_points={self.max_grid_points}"
+            )
+        return grid
+
+    def _discretised(self, mechanism: PoissonSubsampledGaussian, grid: PRVGrid) -> DiscretePRV:
+        key = (grid, mechanism.noise_multiplier, mechanism.sample_rate)
+        if key in self._discrete:
+            self._discrete.move_to_end(key)
+            cached = self._discrete[key]
+        else:
+            try:
+                cached = discretise(mechanism, grid)
+            except PRVFailure as exc:
+                cached = exc  # remembered: a failing grid is not retried every round
+            self._discrete[key] = cached
+            self._cached_bytes += _nbytes(cached)
+            while self._cached_bytes > self.max_cache_bytes and len(self._discrete) > 1:
+                _, evicted = self._discrete.popitem(last=False)
+                self._cached_bytes -= _nbytes(evicted)
+        if isinstance(cached, Exception):
+            raise cached
+        return cached
+
+    def _prv_band(self, history: Sequence[PoissonSubsampledGaussian], delta: float) -> tuple[float, float, float]:
+        grid = self._grid(history, delta)
+        parts = [(self._discretised(m, grid), m.steps) for m in history]
+        pmf, t_min, log_pmc_inf = compose(parts, grid)
+        return epsilon_band(pmf, t_min, grid.mesh, log_pmc_inf, delta, grid.delta_error, self.eps_error)
+
+    def _fallback(self, history: Sequence[PoissonSubsampledGaussian], delta: float, reason: str) -> EpsilonBound:
+        """Sound replacement for a failed PRV computation (exact Gaussian at q=1, else RDP)."""
+        if all(m.sample_rate == 1.0 for m in history):
+            eps = gaussian_epsilon(composed_gaussian_mu(history), delta)
+            method = METHOD_ANALYTIC_GAUSSIAN
+        else:
+            eps = self.rdp_epsilon(history, delta)
+            method = METHOD_RDP
+        # Once per reason: a server re-asks every round and must not flood its log.
+        log = logger.debug if reason in self._warned else logger.warning
+        self._warned.add(reason)
+        log("PRV accounting unavailable (%s); reporting %s bound eps=%.6g at delta=%g", reason, method, eps, delta)
+        return EpsilonBound(lower=eps, estimate=eps, upper=eps, delta=delta, method=method)
 
 
-def _clamped(lower: float, estimate: float, upper: float, delta: float) -> EpsilonBound:
-    """EpsilonBound of a PRV band; negative values clamp to 0 ((eps<0, delta)-DP => (0, delta)-DP)."""
-    return EpsilonBound(
-        lower=max(0.0, lower), estimate=max(0.0, estimate), upper=max(0.0, upper), delta=delta, method=METHOD_PRV
-    )
-
-
-def _fallback(mechanisms: Sequence[Mechanism], delta: float, reason: str) -> EpsilonBound:
-    """Sound replacement for a failed PRV computation (exact Gaussian at q=1, else RDP)."""
-    if all(m.sample_rate == 1.0 for m in mechanisms):
-        eps = gaussian_epsilon(composed_gaussian_mu(mechanisms), delta)
-        method = METHOD_ANALYTIC_GAUSSIAN
-    else:
-        eps = rdp_epsilon(mechanisms, delta)
-        method = METHOD_RDP
-    logger.warning("PRV accounting unavailable (%s); reporting %s bound eps=%.6g at delta=%g", reason, method, eps, delta)
-    return EpsilonBound(lower=eps, estimate=eps, upper=eps, delta=delta, method=method)
+def _nbytes(entry: Union[DiscretePRV, Exception]) -> int:
+    return entry.spectrum.nbytes if isinstance(entry, DiscretePRV) else 0
 
 
 def prv_epsilon(
     mechanisms: Sequence[Mechanism],
     delta: float,
-    eps_error: float = 0.01,
+    eps_error: float = DEFAULT_EPS_ERROR,
     *,
     max_grid_points: int = DEFAULT_MAX_GRID_POINTS,
 ) -> EpsilonBound:
     """Epsilon at ``delta`` of the composition of ``mechanisms``, PRV-tight where possible.
 
-    Mechanisms with identical parameters are merged first (steps summed); zero total
-    steps gives eps = 0 with ``method == "none"``. Otherwise prv_accountant's
-    heterogeneous ``PRVAccountant`` (Gopi et al. 2021) gives ``lower/estimate/upper``
-    with ``delta_error = delta / 1000``: ``upper = eps(delta - delta_error) + eps_error``
-    and ``lower = eps(delta + delta_error) - eps_error`` on the discretised PRV.
+    Mechanisms enter in canonical form (dominating Poisson-subsampled Gaussians,
+    identical ones merged, sorted); zero total steps gives eps = 0 with
+    ``method == "none"``. Otherwise the PRV composition described in the module
+    docstring gives ``lower/estimate/upper`` with ``delta_error = delta / 1000``:
+    ``upper = eps(delta - delta_error) + eps_error`` and
+    ``lower = eps(delta + delta_error) - eps_error``.
 
     The PRV answer is cross-checked against an independent bound: the exact value at
     ``sample_rate == 1`` (must lie in [lower, upper]) or RDP otherwise (lower must not
     exceed it). On a prv_accountant failure (``RuntimeError`` "Discrete mean differs
-    ...", ``MemoryError``, ``ValueError`` for tiny delta), a grid above
-    ``max_grid_points``, or a failed cross-check, the result is the sound fallback
+    ...", ``MemoryError``), a grid above ``max_grid_points``, a delta too small for
+    float64 on the grid, or a failed cross-check, the result is the sound fallback
     described in the module docstring, with ``lower == estimate == upper``.
 
     Args:
@@ -299,33 +605,4 @@ def prv_epsilon(
         eps_error: half-width of the certified band, in (0, 1]; <= 0.01 recommended.
         max_grid_points: cap on the PRV discretisation (memory/time guard).
     """
-    delta = check_delta(delta)
-    eps_error = _check_eps_error(eps_error)
-    if isinstance(max_grid_points, bool) or not isinstance(max_grid_points, int) or max_grid_points < 2:
-        raise ValueError(f"max_grid_points must be an integer >= 2, got {max_grid_points!r}")
-    merged = merge_mechanisms(mechanisms)
-    if not merged:
-        return EpsilonBound(lower=0.0, estimate=0.0, upper=0.0, delta=delta, method=METHOD_NONE)
-
-    started = time.perf_counter()
-    try:
-        band = _prv_band(merged, delta, eps_error, max_grid_points)
-    except (RuntimeError, MemoryError, ValueError, OverflowError, FloatingPointError) as exc:
-        return _fallback(merged, delta, f"{type(exc).__name__}: {exc}")
-    logger.debug(
-        "PRV eps band %s at delta=%g for %d distinct mechanism(s), %d steps, in %.3f s",
-        band, delta, len(merged), sum(m.steps for m in merged), time.perf_counter() - started,
-    )
-    lower, _, upper = band
-    if not all(math.isfinite(v) for v in band):
-        return _fallback(merged, delta, f"non-finite PRV band {band}")
-
-    if all(m.sample_rate == 1.0 for m in merged):
-        exact = gaussian_epsilon(composed_gaussian_mu(merged), delta)
-        if not lower - 1e-9 <= exact <= upper + 1e-9:
-            return _fallback(merged, delta, f"PRV band {band} excludes the exact Gaussian eps {exact}")
-    else:
-        reference = rdp_epsilon(merged, delta)
-        if lower > reference + 1e-9:
-            return _fallback(merged, delta, f"PRV lower bound {lower} exceeds the RDP upper bound {reference}")
-    return _clamped(*band, delta)
+    return PRVComposer(eps_error, max_grid_points=max_grid_points).epsilon(mechanisms, delta)

@@ -10,26 +10,30 @@ References:
     Balle, Barthe, Gaboardi, Hsu, Sato 2020, "Hypothesis Testing Interpretations and
     Rényi Differential Privacy" (conversion to (eps, delta): Thm. 21).
 
-Opacus's ``compute_rdp`` is not used because importing ``opacus`` imports
-``torch.distributed``, which ``accounting`` must not; the per-step formula comes from
-``prv_accountant`` (the same TF-Privacy implementation of Mironov et al. 2019).
+This is Opacus's RDP analysis (``opacus.accountants.analysis.rdp``: ``compute_rdp``
+then ``get_privacy_spent``, the same orders-wise conversion) without importing
+``opacus``, whose package import pulls in ``torch.distributed``, which ``accounting``
+must not: the per-step formula comes from ``prv_accountant`` (the same TF-Privacy
+code of Mironov et al. 2019 that Opacus carries); the tests check both agree.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from typing import Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 from prv_accountant.privacy_random_variables import PoissonSubsampledGaussianMechanism
 
-from .mechanisms import Mechanism, PoissonSubsampledGaussian, merge_mechanisms
+from .mechanisms import Mechanism, accounted_history
 
 __all__ = [
     "DEFAULT_ORDERS",
+    "PerStepRDP",
+    "check_delta",
+    "per_step_rdp",
     "subsampled_gaussian_rdp",
-    "mechanism_rdp",
     "compose_rdp",
     "rdp_to_epsilon",
     "rdp_epsilon",
@@ -84,28 +88,39 @@ def subsampled_gaussian_rdp(noise_multiplier: float, sample_rate: float, order: 
     return value if not math.isnan(value) else math.inf
 
 
-def mechanism_rdp(mechanism: Mechanism, orders: Sequence[float] = DEFAULT_ORDERS) -> np.ndarray:
-    """RDP curve of ``mechanism.steps`` self-compositions: ``steps * rdp_one_step``.
+def per_step_rdp(noise_multiplier: float, sample_rate: float, orders: Sequence[float] = DEFAULT_ORDERS) -> np.ndarray:
+    """RDP curve of ONE step of the Poisson-subsampled Gaussian at every order."""
+    orders_arr = _check_orders(orders)
+    return np.array([subsampled_gaussian_rdp(noise_multiplier, sample_rate, a) for a in orders_arr])
 
-    RDP composes additively at each order (Mironov 2017, Prop. 1).
+
+#: ``(noise_multiplier, sample_rate) -> per-step RDP curve on DEFAULT_ORDERS``; a cache
+#: (see :class:`accounting.prv.PRVComposer`) may stand in for :func:`per_step_rdp`.
+PerStepRDP = Callable[[float, float], np.ndarray]
+
+
+def compose_rdp(
+    mechanisms: Sequence[Mechanism],
+    orders: Sequence[float] = DEFAULT_ORDERS,
+    *,
+    per_step: Optional[PerStepRDP] = None,
+) -> np.ndarray:
+    """RDP curve of the heterogeneous composition: ``sum_i steps_i * rdp_i`` (Mironov 2017, Prop. 1).
+
+    Mechanisms enter in their canonical accounted form
+    (:func:`accounting.mechanisms.accounted_history`). ``per_step`` (only with the
+    default orders) replaces :func:`per_step_rdp`, e.g. by a cached version.
     """
     orders_arr = _check_orders(orders)
-    if not isinstance(mechanism, PoissonSubsampledGaussian):
-        raise TypeError(f"mechanism must be PoissonSubsampledGaussian, got {type(mechanism).__name__}")
-    if mechanism.steps == 0:
-        return np.zeros_like(orders_arr)
-    per_step = np.array(
-        [subsampled_gaussian_rdp(mechanism.noise_multiplier, mechanism.sample_rate, a) for a in orders_arr]
-    )
-    return per_step * mechanism.steps
-
-
-def compose_rdp(mechanisms: Sequence[Mechanism], orders: Sequence[float] = DEFAULT_ORDERS) -> np.ndarray:
-    """RDP curve of the heterogeneous composition: sum over mechanisms (Mironov 2017, Prop. 1)."""
-    orders_arr = _check_orders(orders)
+    if per_step is not None and tuple(orders_arr) != DEFAULT_ORDERS:
+        raise ValueError("per_step is only allowed with the default orders")
     total = np.zeros_like(orders_arr)
-    for mechanism in merge_mechanisms(mechanisms):
-        total = total + mechanism_rdp(mechanism, orders_arr)
+    for mechanism in accounted_history(mechanisms):
+        if per_step is None:
+            curve = per_step_rdp(mechanism.noise_multiplier, mechanism.sample_rate, orders_arr)
+        else:
+            curve = per_step(mechanism.noise_multiplier, mechanism.sample_rate)
+        total = total + curve * mechanism.steps
     return total
 
 
@@ -131,15 +146,20 @@ def rdp_to_epsilon(rdp: Sequence[float], orders: Sequence[float], delta: float) 
     return max(0.0, float(eps[best])), float(orders_arr[best])
 
 
-def rdp_epsilon(mechanisms: Sequence[Mechanism], delta: float, orders: Sequence[float] = DEFAULT_ORDERS) -> float:
+def rdp_epsilon(
+    mechanisms: Sequence[Mechanism],
+    delta: float,
+    orders: Sequence[float] = DEFAULT_ORDERS,
+    *,
+    per_step: Optional[PerStepRDP] = None,
+) -> float:
     """Epsilon at ``delta`` of the composition of ``mechanisms`` via RDP (upper bound).
 
     Zero total steps gives 0.
     """
     delta = check_delta(delta)
-    merged = merge_mechanisms(mechanisms)
-    if not merged:
+    if not accounted_history(mechanisms):
         return 0.0
-    eps, order = rdp_to_epsilon(compose_rdp(merged, orders), orders, delta)
+    eps, order = rdp_to_epsilon(compose_rdp(mechanisms, orders, per_step=per_step), orders, delta)
     logger.debug("RDP epsilon %.6g at delta=%g (best order %s)", eps, delta, order)
     return eps

@@ -1,82 +1,507 @@
-"""``fedsim budget ...``: auditors' queries on a run's ledger (every ε recomputed from it alone)."""
+"""``fedsim budget ...``: auditors' queries on a run's ledger (every ε recomputed from it alone).
+
+Exit codes: 0 success (``verify``: everything checked out), 1 a damaged or tampered
+ledger / a failed verification, 2 bad input (a message names the option, the value and
+the allowed range).
+"""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import math
 from pathlib import Path
-from typing import Optional
+from typing import Any, NoReturn, Optional, Sequence
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from fedsim.rundir import LEDGER_FILE, find_ledgers
+from fedsim.rundir import LEDGER_FILE, METRICS_FILE, SUMMARY_FILE, find_ledgers
 
 budget_app = typer.Typer(
-    help="Privacy budgets of a finished or running job, recomputed from its ledger alone.",
+    help=(
+        "Privacy budgets of a run, recomputed from its ledger alone: who spent what ε, at which δ, "
+        "under which mechanism, and a check that nobody edited the record afterwards."
+    ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 
+err = Console(stderr=True, soft_wrap=True)
+
+#: Relative tolerance when comparing a reported ε with the recomputed one: the two are
+#: computed by the same deterministic code, so they agree to the last bit on one machine.
+REPORT_RTOL = 1e-9
+
+RUN_DIR_HELP = "A run directory written by `fedsim run` (its ledger.jsonl, or one per method folder)."
+DELTA_HELP = "δ at which to report ε, in (0, 1) (default: the δ recorded in the ledger)."
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print ``error: message`` (markup escaped) on stderr and exit with ``code``."""
+    err.print(f"[bold red]error:[/] {escape(message)}")
+    raise typer.Exit(code)
+
+
+def invalid(option: str, value: Any, expected: str) -> NoReturn:
+    fail(f"{option}={value!r} is invalid: expected {expected}")
+
+
+def check_delta(delta: Optional[float]) -> None:
+    if delta is not None and not (math.isfinite(delta) and 0.0 < delta < 1.0):
+        invalid("--delta", delta, "a number in (0, 1), e.g. 1e-5")
+
+
+def run_ledgers(run_dir: Path) -> dict[str, Path]:
+    """The run's ledgers by method, or exit 2."""
+    if not run_dir.is_dir():
+        invalid("RUN_DIR", str(run_dir), "an existing run directory")
+    ledgers = find_ledgers(run_dir)
+    if not ledgers:
+        fail(f"RUN_DIR={str(run_dir)!r} is invalid: it holds no {LEDGER_FILE} (nor one per method folder)")
+    return ledgers
+
+
+def load_records(path: Path) -> list:
+    """The ledger's records, or exit 1 naming the damaged line."""
+    from accounting import LedgerError, read_ledger
+
+    try:
+        return read_ledger(path)
+    except LedgerError as exc:
+        fail(f"{exc} (run `fedsim budget verify` for a full report)", code=1)
+
+
+def ledger_delta(records: Sequence, delta: Optional[float]) -> float:
+    return delta if delta is not None else (records[0].delta if records else 1e-5)
+
+
+def client_label(client: Optional[int]) -> str:
+    return "all (client-level)" if client is None else str(client)
+
+
+def fmt(value: float) -> str:
+    return f"{value:.4f}" if math.isfinite(value) else str(value)
+
+
+# ---------------------------------------------------------------------------------- show
+
 
 @budget_app.command("show")
 def show_command(
-    run_dir: Path = typer.Argument(..., help="A run directory written by `fedsim run`."),
-    delta: Optional[float] = typer.Option(None, help="δ at which to report ε (default: the δ recorded in the ledger)."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    run_dir: Path = typer.Argument(..., help=RUN_DIR_HELP),
+    client: Optional[int] = typer.Option(None, "--client", help="Only this client id (see the table for the ids)."),
+    round_: Optional[int] = typer.Option(None, "--round", help="Budgets after this round (default: the last)."),
+    delta: Optional[float] = typer.Option(None, "--delta", help=DELTA_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON rows instead of a table."),
+    as_csv: bool = typer.Option(False, "--csv", help="Print CSV rows instead of a table."),
 ) -> None:
-    """Recompute each client's ε (PRV: lower, estimate, upper) from the run's ledger alone.
+    """Each client's ε, recomputed from the ledger; the worst client and quantiles.
 
-    Nothing from the run is trusted but the ledger's mechanism records: the composition is
-    redone here, so the figures can be checked against what `fedsim run` printed.
+    Per client: the PRV upper bound (the guarantee), estimate and lower bound,
+    the RDP bound beside it and how much looser RDP is; then the worst client
+    and quantiles of ε over clients.
+
+    Nothing from the run is trusted but the ledger's mechanism records: the
+    composition is redone here, so the figures can be checked against what
+    `fedsim run` printed. The method column says how each figure was computed:
+    prv, or a sound fallback (rdp; analytic_gaussian at sampling rate 1) where
+    PRV numerics fail.
+
+    Examples:
+
+      fedsim budget show runs/demo
+
+      fedsim budget show runs/demo --client 3 --round 40 --delta 1e-6
+
+      fedsim budget show runs/demo --csv > budget.csv
     """
-    from accounting import LedgerError, client_epsilons, client_mechanisms, read_ledger
+    from accounting import budget_snapshot
 
-    err = Console(stderr=True)
-    if not run_dir.is_dir():
-        err.print(f"[bold red]error:[/] run_dir={str(run_dir)!r} is invalid: expected an existing run directory")
-        raise typer.Exit(2)
-    ledgers = find_ledgers(run_dir)
-    if not ledgers:
-        err.print(f"[bold red]error:[/] run_dir={str(run_dir)!r} holds no {LEDGER_FILE}")
-        raise typer.Exit(2)
-    if delta is not None and not 0 < delta < 1:
-        err.print(f"[bold red]error:[/] delta={delta!r} is invalid: expected a number in (0, 1)")
-        raise typer.Exit(2)
-    rows = []
-    for method, path in ledgers.items():
-        try:
-            records = read_ledger(path)
-        except LedgerError as exc:
-            err.print(f"[bold red]error:[/] {escape(str(exc))}")
-            raise typer.Exit(1)
-        at = delta if delta is not None else (records[0].delta if records else 1e-5)
-        histories = client_mechanisms(records)
-        for client, bound in sorted(client_epsilons(records, at).items()):
-            rows.append(
-                {
-                    "method": method,
-                    "client": client,
-                    "rounds": len({r.round for r in records if r.client == client}),
-                    "steps": sum(m.steps for m in histories[client]),
-                    "delta": at,
-                    "epsilon_lower": bound.lower,
-                    "epsilon_estimate": bound.estimate,
-                    "epsilon_upper": bound.upper,
-                    "accountant": bound.method,
-                }
-            )
+    check_delta(delta)
+    if as_json and as_csv:
+        fail("--json and --csv are exclusive: pick one output format")
+    if client is not None and client < 0:
+        invalid("--client", client, "a client id >= 0")
+    ledgers = run_ledgers(run_dir)
+    loaded = {method: load_records(path) for method, path in ledgers.items()}
+    all_records = [r for records in loaded.values() for r in records]
+    if client is not None:
+        known = sorted({r.client for r in all_records if r.client is not None})
+        if client not in known:
+            invalid("--client", client, f"one of the ledger's clients {known}")
+    if round_ is not None:
+        rounds = sorted({r.round for r in all_records})
+        if not rounds or not rounds[0] <= round_ <= rounds[-1]:
+            invalid("--round", round_, f"a round in [{rounds[0]}, {rounds[-1]}] (the ledger's rounds)" if rounds else "a ledger with records")
+    rows: list[dict[str, Any]] = []
+    snapshots = {}
+    for method, records in loaded.items():
+        snapshot = budget_snapshot(records, ledger_delta(records, delta), upto_round=round_)
+        snapshots[method] = snapshot
+        for budget in snapshot.parties():
+            if client is None or budget.client == client:
+                rows.append({"method": method, "round": snapshot.round, **budget.to_dict()})
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
-        return
-    table = Table(title=f"privacy budget: {run_dir}")
-    for column in ("method", "client", "rounds", "steps", "δ", "ε lower", "ε estimate", "ε upper (guarantee)", "accountant"):
-        table.add_column(column)
+    elif as_csv:
+        buffer = io.StringIO()
+        columns = ["method", "round", "client", "level", "rounds", "steps", "delta", "epsilon_upper",
+                   "epsilon_estimate", "epsilon_lower", "accountant", "epsilon_rdp", "rdp_over_prv"]
+        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        typer.echo(buffer.getvalue(), nl=False)
+    else:
+        out = Console(soft_wrap=True)
+        for method, snapshot in snapshots.items():
+            out.print(budget_table(method, snapshot, [r for r in rows if r["method"] == method]))
+            if client is None:
+                out.print(worst_line(snapshot))
+
+
+def budget_table(method: str, snapshot, rows: Sequence[dict[str, Any]]) -> Table:
+    """One method's budgets as a rich table."""
+    title = f"{escape(method)}: ε at δ={snapshot.delta:g} after round {snapshot.round} (ε upper is the guarantee)"
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
+    for column in ("client", "rounds", "steps", "ε upper", "estimate", "lower", "method", "RDP ε", "RDP/PRV"):
+        table.add_column(column, justify="left" if column in ("client", "method") else "right", no_wrap=True)
     for r in rows:
         table.add_row(
-            r["method"], str(r["client"]), str(r["rounds"]), str(r["steps"]), f"{r['delta']:g}",
-            f"{r['epsilon_lower']:.4f}", f"{r['epsilon_estimate']:.4f}", f"{r['epsilon_upper']:.4f}", r["accountant"],
+            client_label(r["client"]), str(r["rounds"]), str(r["steps"]), fmt(r["epsilon_upper"]),
+            fmt(r["epsilon_estimate"]), fmt(r["epsilon_lower"]), r["accountant"], fmt(r["epsilon_rdp"]),
+            f"{r['rdp_over_prv']:.3f}x",
         )
-    Console().print(table)
+    return table
+
+
+def worst_line(snapshot) -> str:
+    """The worst client and the quantiles of ε over clients, in one line."""
+    worst = snapshot.worst()
+    if worst is None:
+        return "no sample-level records"
+    q = snapshot.quantiles()
+    return (
+        f"worst client {worst.client}: ε ≤ {fmt(worst.prv.upper)} ({worst.prv.method}), RDP {fmt(worst.rdp)} "
+        f"({worst.rdp_over_prv:.3f}x)   ε upper over {len(snapshot.clients)} clients: "
+        f"min {fmt(q[0.0])} · median {fmt(q[0.5])} · p90 {fmt(q[0.9])} · max {fmt(q[1.0])}"
+    )
+
+
+# --------------------------------------------------------------------------------- curve
+
+
+@budget_app.command("curve")
+def curve_command(
+    run_dir: Path = typer.Argument(..., help=RUN_DIR_HELP),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="PNG to write (default: RUN_DIR/epsilon.png)."),
+    delta: Optional[float] = typer.Option(None, "--delta", help=DELTA_HELP),
+) -> None:
+    """Plot ε against rounds to a PNG: worst client, median, spread, RDP.
+
+    Lines: the worst client, the median and the min-max band over clients (PRV
+    upper bounds, the guarantee), the worst client's RDP bound, and the client-
+    level ε of the population when the run had client-level DP.
+
+    Examples:
+
+      fedsim budget curve runs/demo --out eps.png
+
+      fedsim budget curve runs/demo --delta 1e-6 --out eps-1e-6.png
+    """
+    from accounting import budget_history
+    from cli.plots import plot_budget_curves
+
+    check_delta(delta)
+    target = out if out is not None else run_dir / "epsilon.png"
+    if target.suffix.lower() != ".png":
+        invalid("--out", str(target), "a path ending in .png")
+    ledgers = run_ledgers(run_dir)
+    histories = {}
+    at = None
+    for method, path in ledgers.items():
+        records = load_records(path)
+        at = ledger_delta(records, delta)
+        histories[method] = budget_history(records, at)
+    if not target.parent.is_dir():
+        invalid("--out", str(target), "a file in an existing directory")
+    path = plot_budget_curves(histories, target, at)
+    for method, history in histories.items():
+        if history:
+            typer.echo(f"{method}: {worst_line(history[-1])}")
+    typer.echo(f"wrote {path}")
+
+
+# -------------------------------------------------------------------------------- verify
+
+
+@budget_app.command("verify")
+def verify_command(
+    run_dir: Path = typer.Argument(..., help=RUN_DIR_HELP),
+    public_key: Optional[Path] = typer.Option(
+        None, "--public-key", help="The run's public key (PEM), obtained apart from the run directory: pins it."
+    ),
+    fingerprint: Optional[str] = typer.Option(
+        None, "--fingerprint", help="SHA-256 fingerprint of the run's key (64 hex digits, printed when the run started): pins it."
+    ),
+) -> None:
+    """Check the ledger's chain and signature, and every ε the run reported.
+
+    Is the ledger the one the run wrote, and does every ε the run reported
+    follow from it? Exit 0: verified; 1: verification failed; 2: bad input.
+
+    Checks, each naming the record, line or round at fault:
+
+      1. every line is a whole, canonical record, numbered 1, 2, 3, ... and
+         chained to the one before by its SHA-256 (catches edits, deletions,
+         reordering, truncation);
+
+      2. the Ed25519 signature over the head (the last record's hash)
+         verifies, and covers every record;
+
+      3. every ε in metrics.jsonl and summary.json equals the ε recomputed
+         here from the ledger alone.
+
+    A signature proves only that the holder of the key signed. Whoever rewrites
+    a ledger can replace ledger.pub with a key of their own, so pin the run's
+    key with --fingerprint (or --public-key) from a copy you trust, e.g. the
+    fingerprint `fedsim run` printed; without a pin, compare the fingerprint
+    printed here.
+
+    Examples:
+
+      fedsim budget verify runs/demo
+
+      fedsim budget verify runs/demo --fingerprint 3f2a...e1 (all 64 digits)
+
+      fedsim budget verify runs/demo --public-key trusted/ledger.pub
+    """
+    from accounting import audit_ledger
+    from accounting.ledger import load_public_key, normalize_fingerprint
+
+    pinned_key = None
+    if public_key is not None:
+        try:
+            pinned_key = load_public_key(public_key.read_bytes())
+        except OSError as exc:
+            invalid("--public-key", str(public_key), f"a readable file ({exc.strerror})")
+        except ValueError as exc:
+            invalid("--public-key", str(public_key), f"an Ed25519 public key in PEM ({exc})")
+    if fingerprint is not None:
+        try:
+            fingerprint = normalize_fingerprint(fingerprint)
+        except ValueError:
+            invalid("--fingerprint", fingerprint, "64 hex digits: the SHA-256 of the run's public key")
+    ledgers = run_ledgers(run_dir)
+    out = Console(soft_wrap=True)
+    failed = False
+    for method, path in ledgers.items():
+        try:
+            audit = audit_ledger(path, public_key=pinned_key, fingerprint=fingerprint)
+        except ValueError as exc:
+            fail(str(exc))
+        problems = [str(p) for p in audit.problems]
+        out.print(f"[bold]{escape(method)}[/]: {escape(str(path))} ({len(audit.entries)} records)")
+        if audit.fingerprint is not None:
+            pin = "pinned" if (pinned_key is not None or fingerprint is not None) else (
+                "NOT pinned: compare it with the fingerprint printed when the run started"
+            )
+            out.print(f"  key fingerprint {audit.fingerprint} ({pin})")
+        if audit.records:
+            problems += compare_reported(path.parent, audit.records)
+        if problems:
+            failed = True
+            for problem in problems:
+                out.print(f"  [red]✗[/] {escape(problem)}")
+        else:
+            out.print(
+                f"  [green]✓[/] chain of {len(audit.entries)} records intact, head signed, "
+                "every reported ε recomputed from the ledger"
+            )
+    if failed:
+        out.print("[bold red]verification failed[/]")
+        raise typer.Exit(1)
+    out.print("[bold green]verified[/]")
+
+
+def compare_reported(folder: Path, records: Sequence) -> list[str]:
+    """Differences between the ε the run reported beside the ledger and the ledger's own."""
+    from accounting import budget_history
+
+    deltas = sorted({r.delta for r in records})
+    if len(deltas) > 1:
+        return [f"{LEDGER_FILE}: records carry different δ {deltas}; a run has one target δ"]
+    history = {s.round: s for s in budget_history(records, deltas[0])}
+    problems = []
+    metrics_path = folder / METRICS_FILE
+    reported_rounds = set()
+    if metrics_path.is_file():
+        for number, line in enumerate(metrics_path.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            where = f"{METRICS_FILE} line {number}"
+            try:
+                row = json.loads(line)
+                round_, epsilon = row["round"], row["epsilon"]
+            except (ValueError, KeyError, TypeError) as exc:
+                problems.append(f"{where}: unreadable ({exc})")
+                continue
+            reported_rounds.add(round_)
+            # A round in which no client reported adds no record: the budgets stand as before it.
+            earlier = [r for r in history if isinstance(round_, int) and r <= round_]
+            if not earlier:
+                if row.get("epsilon") != 0.0:
+                    problems.append(f"{where}: round {round_} reports epsilon={row.get('epsilon')!r} before any ledger record")
+                continue
+            problems += compare_figures(where, f"round {round_}", row, history[max(earlier)])
+        for round_ in sorted(set(history) - reported_rounds):
+            problems.append(f"{METRICS_FILE}: no row for round {round_}, which the ledger holds")
+    else:
+        problems.append(f"{METRICS_FILE} is missing beside the ledger: the run's figures cannot be checked")
+    summary_path = folder / SUMMARY_FILE
+    if summary_path.is_file():
+        try:
+            summary = json.loads(summary_path.read_text())
+            final = history[max(history)]
+            problems += compare_figures(SUMMARY_FILE, f"final round {final.round}", summary, final)
+            worst = final.worst()
+            if worst is not None and summary.get("epsilon_method", worst.prv.method) != worst.prv.method:
+                problems.append(
+                    f"{SUMMARY_FILE}: epsilon_method={summary['epsilon_method']!r}, "
+                    f"but the ledger's figure comes from {worst.prv.method!r}"
+                )
+        except (ValueError, KeyError, TypeError) as exc:
+            problems.append(f"{SUMMARY_FILE}: unreadable ({exc})")
+    return problems
+
+
+def compare_figures(where: str, what: str, reported: dict, snapshot) -> list[str]:
+    """``epsilon`` (worst client's PRV upper), ``epsilon_rdp`` (its RDP, if reported) and ``delta``."""
+    worst = snapshot.worst() or snapshot.population
+    if worst is None:
+        return []
+    problems = []
+    if "delta" in reported and reported["delta"] != snapshot.delta:
+        problems.append(f"{where} ({what}): reported δ={reported['delta']!r}, the ledger's δ is {snapshot.delta!r}")
+    for key, recomputed in (("epsilon", worst.prv.upper), ("epsilon_rdp", worst.rdp)):
+        if key not in reported:
+            continue
+        value = reported[key]
+        if not isinstance(value, (int, float)) or not math.isclose(value, recomputed, rel_tol=REPORT_RTOL, abs_tol=1e-12):
+            problems.append(
+                f"{where} ({what}): reported {key}={value!r}, but the ledger gives {recomputed!r} "
+                f"(client {client_label(worst.client)}, δ={snapshot.delta:g})"
+            )
+    return problems
+
+
+# ---------------------------------------------------------------------------------- plan
+
+
+@budget_app.command("plan")
+def plan_command(
+    target_epsilon: float = typer.Option(..., "--target-epsilon", help="Target ε, a number > 0."),
+    delta: float = typer.Option(..., "--delta", help="Target δ, in (0, 1), e.g. 1e-5 (below 1/number of records)."),
+    rounds: int = typer.Option(..., "--rounds", help="Communication rounds R, an integer >= 1."),
+    local_steps: Optional[int] = typer.Option(None, "--local-steps", help="Sample level: DP-SGD steps K per client per round, >= 1."),
+    sample_rate: Optional[float] = typer.Option(None, "--sample-rate", help="Sample level: Poisson rate q = batch size / examples of the smallest client, in (0, 1]."),
+    cohort_size: Optional[int] = typer.Option(None, "--cohort-size", help="Client level: (expected) clients per round, >= 1."),
+    population: Optional[int] = typer.Option(None, "--population", help="Client level: clients the cohort is drawn from, >= cohort size."),
+    sampling: str = typer.Option("poisson", "--sampling", help="Client level: poisson (rate cohort/population) or fixed-size (no amplification claimed)."),
+    tolerance: float = typer.Option(1e-3, "--tolerance", help="Relative tolerance on σ, in (0, 0.1]."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also draw the ε curve to this PNG."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (σ and ε after every round)."),
+) -> None:
+    """The noise multiplier σ for a target (ε, δ), and the ε curve it implies.
+
+    σ is the smallest (within --tolerance) whose PRV upper bound after all
+    rounds is at most the target: ε(σ) ≤ target < ε(σ·(1 − tolerance)).
+    Sample level (DP-SGD, each client's guarantee) needs --local-steps and
+    --sample-rate; client level (DP-FedAvg, the population's guarantee) needs
+    --cohort-size and --population.
+
+    Examples:
+
+      fedsim budget plan --target-epsilon 1 --delta 1e-5 --rounds 8 \\
+          --local-steps 6 --sample-rate 0.0533
+
+      fedsim budget plan --target-epsilon 3 --delta 1e-5 --rounds 100 \\
+          --local-steps 50 --sample-rate 0.01 --out plan.png
+
+      fedsim budget plan --target-epsilon 2 --delta 1e-6 --rounds 200 \\
+          --cohort-size 50 --population 1000
+    """
+    from accounting import CalibrationError, Schedule, calibrate_schedule
+    from accounting.calibration import schedule_curve
+    from cli.plots import plot_plan_curve
+
+    if not (math.isfinite(target_epsilon) and target_epsilon > 0):
+        invalid("--target-epsilon", target_epsilon, "a number > 0")
+    if not (math.isfinite(delta) and 0.0 < delta < 1.0):
+        invalid("--delta", delta, "a number in (0, 1), e.g. 1e-5")
+    if rounds < 1:
+        invalid("--rounds", rounds, "an integer >= 1")
+    if not (math.isfinite(tolerance) and 0.0 < tolerance <= 0.1):
+        invalid("--tolerance", tolerance, "a number in (0, 0.1]")
+    sampling_value = {"poisson": "poisson", "fixed-size": "fixed_size"}.get(sampling)
+    if sampling_value is None:
+        invalid("--sampling", sampling, "poisson or fixed-size")
+    client_level = cohort_size is not None or population is not None
+    if client_level:
+        if local_steps is not None or sample_rate is not None:
+            fail("--local-steps/--sample-rate (sample level) and --cohort-size/--population (client level) exclude each other")
+        if cohort_size is None or cohort_size < 1:
+            invalid("--cohort-size", cohort_size, "an integer >= 1 (with --population)")
+        if population is None or population < cohort_size:
+            invalid("--population", population, f"an integer >= --cohort-size ({cohort_size})")
+        schedule = Schedule(rounds, cohort_size=cohort_size, population=population, sampling=sampling_value)
+    else:
+        if local_steps is None or local_steps < 1:
+            invalid("--local-steps", local_steps, "an integer >= 1 (or --cohort-size and --population for client level)")
+        if sample_rate is None or not (math.isfinite(sample_rate) and 0.0 < sample_rate <= 1.0):
+            invalid("--sample-rate", sample_rate, "a number in (0, 1]")
+        schedule = Schedule(rounds, local_steps=local_steps, sample_rate=sample_rate)
+    if out is not None and (out.suffix.lower() != ".png" or not out.parent.is_dir()):
+        invalid("--out", str(out), "a .png path in an existing directory")
+    from accounting import PRVComposer
+
+    composer = PRVComposer()
+    try:
+        calibration = calibrate_schedule(schedule, target_epsilon, delta, tolerance=tolerance, composer=composer)
+    except CalibrationError as exc:
+        fail(f"--target-epsilon={target_epsilon!r}: {exc}")
+    curve = schedule_curve(schedule, calibration.noise_multiplier, delta, composer=composer)
+    if as_json:
+        typer.echo(json.dumps({
+            "schedule": schedule.describe(),
+            **calibration.to_dict(),
+            "curve": [{"round": p.round, "steps": p.steps, **p.prv.to_dict(), "epsilon_rdp": p.rdp} for p in curve],
+        }, indent=2))
+    else:
+        out_console = Console(soft_wrap=True)
+        bound = calibration.epsilon
+        out_console.print(f"schedule: {escape(schedule.describe())}, target ε={target_epsilon:g} at δ={delta:g}")
+        out_console.print(
+            f"[bold]noise multiplier σ = {calibration.noise_multiplier:.6g}[/] (tolerance {tolerance:g}: "
+            f"σ·(1−{tolerance:g}) would exceed the target)"
+        )
+        out_console.print(
+            f"ε after {rounds} rounds: ≤ {fmt(bound.upper)} (PRV upper, {bound.method}), estimate {fmt(bound.estimate)}, "
+            f"lower {fmt(bound.lower)}; RDP {fmt(calibration.rdp_epsilon)} "
+            f"({calibration.rdp_epsilon / bound.upper:.3f}x)"
+        )
+        table = Table(title="ε after each round (PRV upper bound)", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
+        for column in ("round", "steps", "ε upper", "ε estimate", "ε RDP"):
+            table.add_column(column, justify="right")
+        stride = max(1, math.ceil(len(curve) / 10))
+        for point in curve:
+            if point.round % stride == 0 or point.round in (1, len(curve)):
+                table.add_row(str(point.round), str(point.steps), fmt(point.prv.upper), fmt(point.prv.estimate), fmt(point.rdp))
+        out_console.print(table)
+    if out is not None:
+        typer.echo(f"wrote {plot_plan_curve(curve, out, calibration, schedule.describe())}")

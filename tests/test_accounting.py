@@ -1,7 +1,11 @@
-"""Tests for the accounting package: mechanisms, PRV/RDP composition, ledger, budgets."""
+"""Tests for the accounting package: mechanisms, PRV/RDP composition, ledger, budgets.
+
+Independent references (PLD, closed forms) and calibration: test_accounting_reference.py.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -18,11 +22,18 @@ import accounting
 import accounting.ledger as ledger_module
 import accounting.prv as prv_module
 from accounting import (
+    BudgetTracker,
+    ClientLevelGaussian,
     EpsilonBound,
     Ledger,
     LedgerError,
     LedgerRecord,
     PoissonSubsampledGaussian,
+    PRVComposer,
+    accounted_history,
+    audit_ledger,
+    budget_history,
+    budget_snapshot,
     client_epsilons,
     client_mechanisms,
     merge_mechanisms,
@@ -30,7 +41,8 @@ from accounting import (
     rdp_epsilon,
     read_ledger,
 )
-from accounting.rdp import subsampled_gaussian_rdp
+from accounting.prv import grid_capacity
+from accounting.rdp import DEFAULT_ORDERS, subsampled_gaussian_rdp
 
 DELTA = 1e-5
 EPS_ERROR = 0.01
@@ -44,9 +56,12 @@ def exact_gaussian_epsilon(mu: float, delta: float) -> float:
     """Independent Balle & Wang (2018) Thm. 8 solve: delta(eps) = Phi(-eps/mu+mu/2) - e^eps Phi(-eps/mu-mu/2)."""
 
     def excess(eps: float) -> float:
-        return norm.cdf(-eps / mu + mu / 2) - math.exp(eps) * norm.cdf(-eps / mu - mu / 2) - delta
+        return norm.cdf(-eps / mu + mu / 2) - math.exp(eps + norm.logcdf(-eps / mu - mu / 2)) - delta
 
-    return brentq(excess, 0.0, 200.0, xtol=1e-13)
+    hi = 200.0
+    while excess(hi) > 0:
+        hi *= 2
+    return brentq(excess, 0.0, hi, xtol=1e-13)
 
 
 # ----------------------------------------------------------------------------- mechanisms
@@ -89,6 +104,30 @@ def test_mechanism_value_semantics_and_dict_round_trip() -> None:
 def test_merge_mechanisms_sums_identical_and_drops_empty() -> None:
     merged = merge_mechanisms([psg(1, 0.1, 3), psg(2, 0.1, 4), psg(1, 0.1, 5), psg(3, 0.1, 0)])
     assert merged == (psg(1, 0.1, 8), psg(2, 0.1, 4))
+
+
+def test_client_level_round_records_realised_noise_and_cohort_rate() -> None:
+    rounds = ClientLevelGaussian(noise_multiplier=0.9, cohort_size=50, population=1000, steps=3)
+    assert rounds.sample_rate == 0.05 and rounds.sampling == "poisson"
+    assert ClientLevelGaussian.from_dict(json.loads(json.dumps(rounds.to_dict()))) == rounds
+    assert rounds.accounted_as() == psg(0.9, 0.05, 3)
+    # Fixed-size cohorts: no amplification, sensitivity 2S (see the class docstring).
+    fixed = ClientLevelGaussian(0.9, 50, 1000, 3, sampling="fixed_size")
+    assert fixed.accounted_as() == psg(0.45, 1.0, 3)
+    for kwargs, field in (
+        ({"population": 10}, "population"),
+        ({"cohort_size": 0}, "cohort_size"),
+        ({"sampling": "uniform"}, "sampling"),
+        ({"noise_multiplier": 0.0}, "noise_multiplier"),
+    ):
+        with pytest.raises(ValueError, match=rf"ClientLevelGaussian\.{field}"):
+            ClientLevelGaussian(**{"noise_multiplier": 1.0, "cohort_size": 50, "population": 1000, "steps": 1, **kwargs})
+
+
+def test_accounted_history_is_canonical() -> None:
+    a = accounted_history([psg(2, 0.1, 3), psg(1, 0.2, 1), psg(2, 0.1, 4)])
+    b = accounted_history([psg(1, 0.2, 1), psg(2, 0.1, 7)])
+    assert a == b == (psg(1, 0.2, 1), psg(2, 0.1, 7))
 
 
 # ----------------------------------------------------------------------------------- PRV
@@ -181,7 +220,7 @@ def test_forced_prv_failure_subsampled_gives_sound_rdp_bound(
 ) -> None:
     mechanisms = [psg(1.0, 0.01, 1000)]
     tight = prv_epsilon(mechanisms, DELTA)
-    monkeypatch.setattr(prv_module, "PRVAccountant", _Raising(exc))
+    monkeypatch.setattr(prv_module, "discretise", _Raising(exc))
     bound = prv_epsilon(mechanisms, DELTA)
     assert bound.method == "rdp"
     assert bound.upper == rdp_epsilon(mechanisms, DELTA)
@@ -194,7 +233,7 @@ def test_forced_prv_failure_full_sampling_gives_exact_gaussian(
 ) -> None:
     sigma, steps = 2.0, 10
     tight = prv_epsilon([psg(sigma, 1.0, steps)], DELTA)
-    monkeypatch.setattr(prv_module, "PRVAccountant", _Raising(exc))
+    monkeypatch.setattr(prv_module, "compose", _Raising(exc))
     bound = prv_epsilon([psg(sigma, 1.0, steps)], DELTA)
     exact = exact_gaussian_epsilon(math.sqrt(steps) / sigma, DELTA)
     assert bound.method == "analytic_gaussian"
@@ -202,32 +241,78 @@ def test_forced_prv_failure_full_sampling_gives_exact_gaussian(
     assert tight.lower <= bound.upper <= tight.upper
 
 
+def test_full_sampling_at_many_steps_never_crashes() -> None:
+    # prv_accountant 0.2.0 raises MemoryError here; the grid guard answers exactly instead.
+    bound = prv_epsilon([psg(1.0, 1.0, 10_000)], DELTA)
+    assert bound.method == "analytic_gaussian"
+    assert bound.upper == pytest.approx(exact_gaussian_epsilon(100.0, DELTA), rel=1e-9)
+
+
 def test_grid_guard_falls_back_without_running_prv(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(prv_module, "PRVAccountant", _Raising(AssertionError("must not be called")))
+    monkeypatch.setattr(prv_module, "discretise", _Raising(AssertionError("must not be called")))
     bound = prv_epsilon([psg(1.0, 0.01, 1000)], DELTA, max_grid_points=1000)
     assert bound.method == "rdp"
 
 
-class _WrongAccountant:
-    """Stands in for prv_accountant returning a band that contradicts the truth."""
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        pass
-
-    def compute_epsilon(self, delta: float, num_self_compositions: list[int]) -> tuple[float, float, float]:
-        return (0.5, 0.51, 0.52)  # far below the exact value at q=1, far above RDP's at q<1 below
-
-
 def test_contradictory_prv_band_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(prv_module, "PRVAccountant", _WrongAccountant)
+    # Far below the exact value at q=1, far above RDP's at q<1 below.
+    monkeypatch.setattr(prv_module, "epsilon_band", lambda *args: (0.5, 0.51, 0.52))
     full = prv_epsilon([psg(2.0, 1.0, 10)], DELTA)
     assert full.method == "analytic_gaussian"
     assert full.upper == pytest.approx(exact_gaussian_epsilon(math.sqrt(10) / 2.0, DELTA), abs=1e-9)
-    # q < 1 and very private: RDP upper bound < 0.5, so a PRV lower bound of 0.5 is impossible.
     private = [psg(20.0, 0.01, 10)]
     assert rdp_epsilon(private, DELTA) < 0.5
-    bound = prv_epsilon(private, DELTA)
-    assert bound.method == "rdp"
+    assert prv_epsilon(private, DELTA).method == "rdp"
+
+
+def test_fallback_is_logged_once_per_reason(caplog: pytest.LogCaptureFixture) -> None:
+    composer = PRVComposer(max_grid_points=1000)
+    with caplog.at_level(logging.DEBUG, logger="accounting.prv"):
+        for steps in (1000, 1000, 1000):
+            composer.epsilon([psg(1.0, 0.01, steps)], DELTA)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "max_grid_points" in warnings[0].getMessage()
+
+
+# ------------------------------------------------------------------ composer and grids
+
+
+def test_grid_capacity_is_a_power_of_two_or_three_halves_of_one() -> None:
+    assert [grid_capacity(n) for n in (1, 2, 3, 4, 5, 7, 9, 13, 48, 10_000)] == [1, 2, 3, 4, 6, 8, 12, 16, 48, 12_288]
+    with pytest.raises(ValueError, match="total_steps"):
+        grid_capacity(0)
+
+
+@pytest.mark.parametrize("sigma, q, steps", [(1.0, 32 / 600, 48), (0.8, 0.1, 60), (2.0, 1.0, 10)])
+def test_composition_equals_prv_accountants_on_the_same_grid(sigma: float, q: float, steps: int) -> None:
+    """The float64 Fourier composition reproduces prv_accountant's PRVAccountant on our grid."""
+    import warnings
+
+    from prv_accountant import PRVAccountant
+    from prv_accountant.privacy_random_variables import PoissonSubsampledGaussianMechanism
+
+    from accounting.rdp import per_step_rdp
+
+    grid = prv_module.choose_grid((psg(sigma, q, steps),), DELTA, EPS_ERROR, [per_step_rdp(sigma, q)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        accountant = PRVAccountant(
+            prvs=[PoissonSubsampledGaussianMechanism(q, sigma)], max_self_compositions=[grid.capacity],
+            eps_error=EPS_ERROR, delta_error=DELTA * 1e-3, eps_max=grid.half_width,
+        )
+    reference = accountant.compute_epsilon(DELTA, [steps])
+    bound = prv_epsilon([psg(sigma, q, steps)], DELTA)
+    assert bound.method == "prv"
+    assert (bound.lower, bound.estimate, bound.upper) == pytest.approx(reference, abs=1e-7)
+
+
+def test_cached_composer_gives_bit_identical_figures() -> None:
+    composer = PRVComposer()
+    composer.prepare([psg(1.0, 0.02, 60)], DELTA)
+    for steps in (7, 32, 33):
+        history = [psg(1.0, 0.02, steps), psg(1.5, 0.05, steps // 2 + 1)]
+        assert composer.epsilon(history, DELTA) == prv_epsilon(history, DELTA)
+        assert composer.rdp_epsilon(history, DELTA) == rdp_epsilon(history, DELTA)
 
 
 # ------------------------------------------------------------------------------------ RDP
@@ -248,6 +333,26 @@ def test_rdp_of_subsampled_gaussian_matches_binomial_expansion(sigma: float, q: 
     assert subsampled_gaussian_rdp(sigma, 1.0, 3.5) == pytest.approx(3.5 / (2 * sigma**2))
 
 
+def _opacus_rdp_analysis():
+    """opacus/accountants/analysis/rdp.py (numpy and scipy only), loaded without ``import opacus`` (torch: slow)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("opacus")
+    path = Path(spec.origin).parent / "accountants" / "analysis" / "rdp.py"
+    module_spec = importlib.util.spec_from_file_location("opacus_rdp_analysis", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def test_rdp_equals_opacus_rdp_analysis() -> None:
+    opacus_rdp = _opacus_rdp_analysis()
+    for sigma, q, steps in ((1.0, 32 / 600, 48), (2.0, 0.2, 30)):
+        rdp = opacus_rdp.compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=list(DEFAULT_ORDERS))
+        opacus_eps, _ = opacus_rdp.get_privacy_spent(orders=list(DEFAULT_ORDERS), rdp=rdp, delta=DELTA)
+        assert rdp_epsilon([psg(sigma, q, steps)], DELTA) == pytest.approx(opacus_eps, rel=1e-9)
+
+
 # --------------------------------------------------------------------------------- ledger
 
 
@@ -260,40 +365,79 @@ def _history() -> list[list[LedgerRecord]]:
     ]
 
 
-def _write(path: Path) -> list[LedgerRecord]:
-    ledger = Ledger(path)
+def _write(path: Path, ledger: Ledger | None = None) -> list[LedgerRecord]:
+    ledger = ledger or Ledger(path)
     for round_records in _history():
         ledger.append(round_records)
     return [record for round_records in _history() for record in round_records]
 
 
-def test_ledger_round_trip(tmp_path: Path) -> None:
+def test_ledger_round_trip_with_sequence_numbers_and_hash_chain(tmp_path: Path) -> None:
     path = tmp_path / "ledger.jsonl"
     written = _write(path)
     assert read_ledger(path) == written
     lines = path.read_text().splitlines()
     assert len(lines) == len(written)
-    first = json.loads(lines[0])
-    assert list(first) == ["round", "client", "mechanism", "delta"]
+    first, second = json.loads(lines[0]), json.loads(lines[1])
+    assert list(first) == sorted(first) == ["client", "delta", "mechanism", "prev", "round", "seq"]
     assert first["mechanism"]["name"] == "poisson_subsampled_gaussian"
+    assert (first["seq"], second["seq"]) == (1, 2)
+    assert first["prev"] == "0" * 64
+    assert second["prev"] == hashlib.sha256(lines[0].encode()).hexdigest()
     odd = LedgerRecord(7, 3, psg(1 / 3, 1 / 7, 2**40), 1 / 11)
     assert LedgerRecord.from_json(odd.to_json()) == odd  # floats and big ints exact
+    population = LedgerRecord(7, None, ClientLevelGaussian(0.8, 50, 1000, 1), DELTA)
+    assert LedgerRecord.from_json(population.to_json()) == population
+    with pytest.raises(ValueError, match="client must be None"):
+        LedgerRecord(7, 3, ClientLevelGaussian(0.8, 50, 1000, 1), DELTA)
 
 
-def test_ledger_append_flushes_then_fsyncs_once_per_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ledger_signs_each_append_and_publishes_its_key(tmp_path: Path) -> None:
     path = tmp_path / "ledger.jsonl"
-    Ledger(path).append(_history()[0])
-    seen: list[bytes] = []
-    real_fsync = os.fsync
+    ledger = Ledger(path)
+    _write(path, ledger)
+    assert (tmp_path / "ledger.pub").read_bytes().startswith(b"-----BEGIN PUBLIC KEY-----")
+    signature = json.loads((tmp_path / "ledger.sig").read_text())
+    assert signature["records"] == ledger.records == 5 and signature["fingerprint"] == ledger.fingerprint
+    audit = audit_ledger(path, fingerprint=ledger.fingerprint)
+    assert audit.ok, audit.problems
+    assert (audit.signed_records, audit.fingerprint, audit.records) == (5, ledger.fingerprint, read_ledger(path))
 
-    def spy(fd: int) -> None:
-        seen.append(path.read_bytes())  # what another reader sees at fsync time
+
+def test_ledger_continues_only_with_the_runs_key(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    path = tmp_path / "ledger.jsonl"
+    key = Ed25519PrivateKey.generate()
+    Ledger(path, signing_key=key).append(_history()[0])
+    with pytest.raises(LedgerError, match="another key"):
+        Ledger(path).append(_history()[1])
+    resumed = Ledger(path, signing_key=key)
+    resumed.append(_history()[1])
+    assert resumed.records == 3 and audit_ledger(path).ok
+
+
+def test_records_are_on_disk_before_their_signature(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "ledger.jsonl"
+    ledger = Ledger(path)
+    ledger.append(_history()[0])
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync_spy(fd: int) -> None:
+        events.append("fsync " + os.readlink(f"/proc/self/fd/{fd}").rsplit("/", 1)[-1])
         real_fsync(fd)
 
-    monkeypatch.setattr(ledger_module.os, "fsync", spy)
-    Ledger(path).append(_history()[1])
-    assert len(seen) == 1
-    assert seen[0].endswith((_history()[1][0].to_json() + "\n").encode())
+    def replace_spy(src: str, dst: str) -> None:
+        events.append("replace " + Path(dst).name)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(ledger_module.os, "fsync", fsync_spy)
+    monkeypatch.setattr(ledger_module.os, "replace", replace_spy)
+    ledger.append(_history()[1])
+    assert events[0] == "fsync ledger.jsonl"  # one fsync for the batch, first
+    assert events.count("fsync ledger.jsonl") == 1
+    assert events.index("replace ledger.sig") > 0
 
 
 @pytest.mark.parametrize("cut", [1, 10, -1])
@@ -310,30 +454,59 @@ def test_truncated_last_line_names_its_line(tmp_path: Path, cut: int) -> None:
         Ledger(path).append(_history()[0])  # never fuse a record onto a torn line
 
 
+def _line(record: dict, seq: int, prev: str) -> bytes:
+    return json.dumps({**record, "seq": seq, "prev": prev}, sort_keys=True, separators=(",", ":")).encode()
+
+
 @pytest.mark.parametrize(
     "replacement, message",
     [
         (b'{"round": 0, "client": 1, "mechanism": {"name": "poisson_subsampled_gaussian"', "JSON"),
-        (b"\xff\xfe garbage", "UTF-8"),
+        (b"\xff\xfe garbage", "ASCII"),
         (b"", "empty"),
-        (b'{"round":0,"client":1,"mechanism":{"name":"poisson_subsampled_gaussian",'
-         b'"noise_multiplier":-1.0,"sample_rate":0.01,"steps":50},"delta":1e-05}', "noise_multiplier"),
-        (b'{"round":0,"client":1,"client":2,"mechanism":{"name":"poisson_subsampled_gaussian",'
-         b'"noise_multiplier":1.0,"sample_rate":0.01,"steps":50},"delta":1e-05}', "duplicate"),
-        (b'{"round":3,"client":1,"mechanism":{"name":"poisson_subsampled_gaussian",'
-         b'"noise_multiplier":1.0,"sample_rate":0.01,"steps":50},"delta":1e-05}', "rounds must not decrease"),
+        (b"NEG", "noise_multiplier"),
+        (b'{"round":0,"client":1,"client":2}', "duplicate"),
+        (b"SPACED", "canonical"),
+        (b"ROUND3", "record 2: changed after it was written"),
     ],
 )
 def test_garbled_line_names_its_line(tmp_path: Path, replacement: bytes, message: str) -> None:
     path = tmp_path / "ledger.jsonl"
     _write(path)
     lines = path.read_bytes().split(b"\n")
-    lines[1] = replacement  # line 2 of 5 (the round-3 variant breaks order at line 3)
+    original = json.loads(lines[1])
+    seq, prev = original.pop("seq"), original.pop("prev")
+    if replacement == b"NEG":
+        original["mechanism"]["noise_multiplier"] = -1.0
+        replacement = _line(original, seq, prev)
+    elif replacement == b"SPACED":
+        replacement = _line(original, seq, prev).replace(b",", b", ")
+    elif replacement == b"ROUND3":
+        original["round"] = 3
+        replacement = _line(original, seq, prev)
+    lines[1] = replacement  # line 2 of 5
     path.write_bytes(b"\n".join(lines))
-    expected_line = 3 if "decrease" in message else 2
-    with pytest.raises(LedgerError, match=rf"line {expected_line}\b.*{message}") as info:
+    with pytest.raises(LedgerError, match=rf"line 2\b.*{message}") as info:
         read_ledger(path)
-    assert info.value.line == expected_line
+    assert info.value.line == 2
+
+
+def test_rounds_must_not_decrease_even_in_a_rechained_ledger(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    path = tmp_path / "ledger.jsonl"
+    ledger = Ledger(path, signing_key=Ed25519PrivateKey.generate())
+    ledger.append([LedgerRecord(3, 0, psg(1.0, 0.01, 5), DELTA)])
+    ledger.append([LedgerRecord(2, 0, psg(1.0, 0.01, 5), DELTA)])  # the writer chains it; the reader refuses it
+    with pytest.raises(LedgerError, match=r"line 2\b.*rounds must not decrease"):
+        read_ledger(path)
+
+
+def test_ledger_without_chain_fields_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.jsonl"
+    path.write_text(LedgerRecord(1, 1, psg(1.0, 0.01, 5), DELTA).to_json() + "\n")
+    with pytest.raises(LedgerError, match=r"line 1\b.*not a hash-chained"):
+        read_ledger(path)
 
 
 # --------------------------------------------------------------------------------- budget
@@ -362,6 +535,38 @@ def test_client_epsilons_recompute_from_ledger(tmp_path: Path) -> None:
     assert upto_1[1] == prv_epsilon([psg(1.1, 0.01, 50)], DELTA)
     assert upto_1[0].upper < bounds[0].upper
     assert client_mechanisms(records, upto_round=0) == {0: [psg(1.1, 0.01, 50)], 1: [psg(1.1, 0.01, 50)]}
+
+
+def test_tracker_replays_to_the_same_figures_as_a_cold_recomputation(tmp_path: Path) -> None:
+    tracker = BudgetTracker(DELTA)
+    snapshots = [tracker.add(round_records) for round_records in _history()]
+    records = [r for round_records in _history() for r in round_records]
+    assert snapshots == budget_history(records, DELTA)
+    last = snapshots[-1]
+    assert last == budget_snapshot(records, DELTA)
+    assert last.clients[0].prv == prv_epsilon(client_mechanisms(records)[0], DELTA)
+    assert (last.clients[0].rounds, last.clients[0].steps, last.clients[1].rounds) == (3, 120, 2)
+    assert last.worst().client == 0 and last.worst().prv.upper == max(b.prv.upper for b in last.clients.values())
+    assert last.clients[0].rdp == rdp_epsilon(client_mechanisms(records)[0], DELTA)
+    assert 1.0 < last.clients[0].rdp_over_prv < 1.5
+    quantiles = last.quantiles()
+    assert quantiles[0.0] == last.clients[1].prv.upper and quantiles[1.0] == last.clients[0].prv.upper
+    with pytest.raises(ValueError, match="precedes round 2"):
+        tracker.add(_history()[0])
+
+
+def test_client_level_rounds_are_the_populations_budget() -> None:
+    tracker = BudgetTracker(DELTA)
+    for r in range(1, 4):
+        snapshot = tracker.add([
+            LedgerRecord(r, 1, psg(1.0, 0.05, 5), DELTA),
+            LedgerRecord(r, None, ClientLevelGaussian(0.8, 50, 1000, 1), DELTA),
+        ])
+    assert set(snapshot.clients) == {1}
+    assert snapshot.population.level == "client" and snapshot.population.rounds == 3
+    assert snapshot.population.prv == prv_epsilon([psg(0.8, 0.05, 3)], DELTA)
+    assert snapshot.worst().client == 1  # the worst *client* is a sample-level figure
+    assert client_mechanisms([LedgerRecord(1, None, ClientLevelGaussian(0.8, 50, 1000, 1), DELTA)]) == {}
 
 
 def test_epsilon_bound_validation_and_round_trip() -> None:
