@@ -7,10 +7,16 @@ KA.agree(s_v^SK, s_u^PK).  KA.agree is X25519 followed by a key derivation (the
 paper's KA hashes the Diffie-Hellman output); here HKDF-SHA256 binds the key to a
 protocol label, the session (run) id, the round and the two party ids in canonical
 order, so a key is never reused across runs, rounds or pairs.
+
+Every other key of the protocol is derived the same way, each under its own label:
+the self-mask key from the seed b_u (Fig. 4, Round 2: PRG(b_u)) and the key that
+encrypts the Shamir shares u sends v (Fig. 4, Round 1: c_uv = KA.agree(c_u^SK,
+c_v^PK); one key per direction, since the info names sender then receiver).
 """
 
 from __future__ import annotations
 
+import hashlib
 import struct
 
 from cryptography.hazmat.primitives import hashes
@@ -22,11 +28,17 @@ __all__ = [
     "MIN_SESSION_BYTES",
     "PAIRWISE_MASK_LABEL",
     "PUBLIC_KEY_BYTES",
+    "SEED_COMMITMENT_LABEL",
+    "SELF_MASK_LABEL",
+    "SHARE_KEY_LABEL",
     "generate_private_key",
     "load_public_key",
     "mask_key_info",
     "pairwise_mask_key",
     "public_key_bytes",
+    "seed_commitment",
+    "self_mask_key",
+    "share_encryption_keys",
 ]
 
 PUBLIC_KEY_BYTES: int = 32
@@ -39,7 +51,16 @@ MIN_SESSION_BYTES: int = 16
 """A session id carries at least 128 bits."""
 
 PAIRWISE_MASK_LABEL: bytes = b"secagg/v1/pairwise-mask-key"
-"""Domain-separation label of pairwise mask keys (self-mask keys will get their own)."""
+"""Domain-separation label of pairwise mask keys."""
+
+SELF_MASK_LABEL: bytes = b"secagg/v1/self-mask-key"
+"""Domain-separation label of the key expanded into the self mask PRG(b_u)."""
+
+SEED_COMMITMENT_LABEL: bytes = b"secagg/v1/self-mask-seed-commitment"
+"""Domain-separation label of the hash commitment to b_u."""
+
+SHARE_KEY_LABEL: bytes = b"secagg/v1/share-encryption-key"
+"""Domain-separation label of the AES-GCM keys that encrypt Shamir shares."""
 
 _MAX_U64 = 2**64 - 1
 
@@ -52,9 +73,7 @@ def generate_private_key() -> X25519PrivateKey:
 def public_key_bytes(private_key: X25519PrivateKey) -> bytes:
     """The raw 32-byte public key s_u^PK that a party advertises."""
     if not isinstance(private_key, X25519PrivateKey):
-        raise ValueError(
-            f"private_key must be an X25519PrivateKey, got {type(private_key).__name__}"
-        )
+        raise ValueError(f"private_key must be an X25519PrivateKey, got {type(private_key).__name__}")
     return private_key.public_key().public_bytes_raw()
 
 
@@ -71,6 +90,22 @@ def _check_u64(name: str, value: int) -> None:
         raise ValueError(f"{name} must be an int in [0, 2^64 - 1], got {value!r}")
 
 
+def _key_info(label: bytes, session: bytes, *fields: tuple[str, int]) -> bytes:
+    """label | len(session) | session | fields as big-endian u64: injective in its inputs."""
+    if not isinstance(session, (bytes, bytearray)) or len(session) < MIN_SESSION_BYTES:
+        got = len(session) if isinstance(session, (bytes, bytearray)) else type(session).__name__
+        raise ValueError(f"session must be bytes of length >= {MIN_SESSION_BYTES}, got {got}")
+    for name, value in fields:
+        _check_u64(name, value)
+    values = [value for _name, value in fields]
+    packed = struct.pack(f">{len(values)}Q", *values)
+    return b"".join((label, struct.pack(">I", len(session)), bytes(session), packed))
+
+
+def _hkdf(secret: bytes, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=MASK_KEY_BYTES, salt=None, info=info).derive(secret)
+
+
 def mask_key_info(*, session: bytes, round_idx: int, id_lo: int, id_hi: int) -> bytes:
     """HKDF ``info`` for a pairwise mask key: label | len(session) | session | round | ids.
 
@@ -78,24 +113,25 @@ def mask_key_info(*, session: bytes, round_idx: int, id_lo: int, id_hi: int) -> 
     encode to the same bytes.  Requires id_lo < id_hi (canonical order: both parties
     of a pair build the same ``info``) and a session of at least 128 bits.
     """
-    if not isinstance(session, (bytes, bytearray)) or len(session) < MIN_SESSION_BYTES:
-        got = len(session) if isinstance(session, (bytes, bytearray)) else type(session).__name__
-        raise ValueError(f"session must be bytes of length >= {MIN_SESSION_BYTES}, got {got}")
-    _check_u64("round_idx", round_idx)
-    _check_u64("id_lo", id_lo)
-    _check_u64("id_hi", id_hi)
-    if id_lo >= id_hi:
-        raise ValueError(
-            f"id_lo must be < id_hi (canonical order), got id_lo={id_lo}, id_hi={id_hi}"
-        )
-    return b"".join(
-        (
-            PAIRWISE_MASK_LABEL,
-            struct.pack(">I", len(session)),
-            bytes(session),
-            struct.pack(">QQQ", round_idx, id_lo, id_hi),
-        )
+    info = _key_info(
+        PAIRWISE_MASK_LABEL, session, ("round_idx", round_idx), ("id_lo", id_lo), ("id_hi", id_hi)
     )
+    if id_lo >= id_hi:
+        raise ValueError(f"id_lo must be < id_hi (canonical order), got id_lo={id_lo}, id_hi={id_hi}")
+    return info
+
+
+def _agree(own_private: X25519PrivateKey, peer_public: bytes) -> bytes:
+    """Raw X25519 output, refusing a malformed, low-order or mirrored peer key."""
+    if not isinstance(own_private, X25519PrivateKey):
+        raise ValueError(f"own_private must be an X25519PrivateKey, got {type(own_private).__name__}")
+    peer = load_public_key(peer_public)
+    if peer.public_bytes_raw() == own_private.public_key().public_bytes_raw():
+        raise ValueError("peer_public must differ from the party's own public key")
+    try:
+        return own_private.exchange(peer)
+    except ValueError as exc:
+        raise ValueError(f"peer_public is not a usable X25519 key: {exc}") from exc
 
 
 def pairwise_mask_key(
@@ -113,18 +149,55 @@ def pairwise_mask_key(
     KA correctness).  Raises ValueError on a malformed or low-order peer key (the
     X25519 output would be all zero).
     """
-    if not isinstance(own_private, X25519PrivateKey):
-        raise ValueError(
-            f"own_private must be an X25519PrivateKey, got {type(own_private).__name__}"
-        )
     info = mask_key_info(session=session, round_idx=round_idx, id_lo=id_lo, id_hi=id_hi)
-    peer = load_public_key(peer_public)
-    if peer.public_bytes_raw() == own_private.public_key().public_bytes_raw():
-        raise ValueError("peer_public must differ from the party's own public key")
-    try:
-        shared = own_private.exchange(peer)
-    except ValueError as exc:
-        raise ValueError(f"peer_public is not a usable X25519 key: {exc}") from exc
-    return HKDF(algorithm=hashes.SHA256(), length=MASK_KEY_BYTES, salt=None, info=info).derive(
-        shared
-    )
+    return _hkdf(_agree(own_private, peer_public), info)
+
+
+def share_encryption_keys(
+    own_private: X25519PrivateKey,
+    peer_public: bytes,
+    *,
+    session: bytes,
+    round_idx: int,
+    own_id: int,
+    peer_id: int,
+) -> tuple[bytes, bytes]:
+    """AES-256-GCM keys for the shares own -> peer and peer -> own (Fig. 4, Round 1).
+
+    c_uv = X25519(c_u^SK, c_v^PK), computed once, then HKDF-SHA256 with info naming
+    sender then receiver: the two directions of a pair get different keys, and each
+    key encrypts one message.
+    """
+    shared = _agree(own_private, peer_public)
+
+    def key(sender: int, receiver: int) -> bytes:
+        info = _key_info(
+            SHARE_KEY_LABEL, session, ("round_idx", round_idx), ("sender", sender), ("receiver", receiver)
+        )
+        return _hkdf(shared, info)
+
+    return key(own_id, peer_id), key(peer_id, own_id)
+
+
+def self_mask_key(seed: bytes, *, session: bytes, round_idx: int, owner: int) -> bytes:
+    """The AES-256 key of the self mask PRG(b_u): HKDF-SHA256(b_u, label | session | round | u).
+
+    ``seed`` is b_u, 32 bytes from the OS CSPRNG (Bonawitz et al. 2017, Fig. 4, Round 1).
+    """
+    if not isinstance(seed, (bytes, bytearray)) or len(seed) != MASK_KEY_BYTES:
+        got = len(seed) if isinstance(seed, (bytes, bytearray)) else type(seed).__name__
+        raise ValueError(f"seed must be {MASK_KEY_BYTES} bytes, got {got}")
+    info = _key_info(SELF_MASK_LABEL, session, ("round_idx", round_idx), ("owner", owner))
+    return _hkdf(bytes(seed), info)
+
+
+def seed_commitment(seed: bytes, *, session: bytes, round_idx: int, owner: int) -> bytes:
+    """SHA-256(label | session | round | u | b_u): lets the server check a reconstructed b_u.
+
+    Not in Bonawitz et al. 2017: sent with the ShareKeys reply so that corrupted or
+    forged b-shares make the round abort instead of silently corrupting the sum (the
+    advertised s^PK plays this role for s^SK).  b_u is 256 uniform bits, so the hash
+    reveals nothing usable about it.
+    """
+    info = _key_info(SEED_COMMITMENT_LABEL, session, ("round_idx", round_idx), ("owner", owner))
+    return hashlib.sha256(info + bytes(seed)).digest()

@@ -12,10 +12,16 @@ where ``signed`` maps Z_(2^k) to [-2^(k-1), 2^(k-1)).  Choosing f so that
 ``n * ceil(c * 2^f) <= 2^(k-1) - 1`` guarantees that the signed sum of the n parties'
 codes never wraps, hence dec(sum_u enc(x_u) mod 2^k) = sum_u dec(enc(x_u)) exactly.
 
-Ring elements of Z_(2^32) are held in ``torch.int32`` (two's complement).  Additions
-are done on unsigned ``numpy.uint32`` views of the same memory, whose wrap-around is
-defined behaviour in C (signed overflow, which a plain ``int32`` add would rely on, is
-not), at no extra copy.
+Ring elements of Z_(2^32) are held in ``torch.int32`` and those of Z_(2^64) in
+``torch.int64`` (two's complement).  Additions are done on unsigned ``numpy.uint32``
+/ ``numpy.uint64`` views of the same memory (:func:`as_ring_array`), whose wrap-around
+is defined behaviour in C (signed overflow, which a plain signed add would rely on, is
+not), at no extra copy.  The protocol (:mod:`secagg.protocol`) takes and returns those
+unsigned arrays.
+
+Weighted means (:class:`WeightedMeanCodec`): a party with integer weight w sends the
+codes of (w * x, w); the server decodes sum_u w_u x_u and sum_u w_u and divides, so
+the weights stay as private as the inputs.
 """
 
 from __future__ import annotations
@@ -33,15 +39,19 @@ __all__ = [
     "FixedPointCodec",
     "MIN_FRAC_BITS",
     "SUPPORTED_MODULUS_BITS",
+    "WeightedMeanCodec",
+    "as_ring_array",
+    "check_ring",
     "fixed_point_frac_bits",
+    "ring_dtype",
     "wrapping_add",
     "wrapping_add_",
     "wrapping_sub_",
     "wrapping_sum",
 ]
 
-SUPPORTED_MODULUS_BITS: tuple[int, ...] = (32,)
-"""Ring sizes 2^k implemented so far (a 64-bit ring is planned; the field is kept)."""
+SUPPORTED_MODULUS_BITS: tuple[int, ...] = (32, 64)
+"""Ring sizes 2^k: Z_(2^32) (the default) and Z_(2^64)."""
 
 MIN_FRAC_BITS: int = 8
 """Fewest fractional bits accepted: below this the quantisation error is too coarse."""
@@ -56,8 +66,8 @@ _COIN_BITS = 24
 _COIN_MASK = (1 << _COIN_BITS) - 1
 _COIN_STEP = 2.0**-_COIN_BITS
 
-_RING_DTYPE = {32: torch.int32}
-_UNSIGNED_VIEW = {32: np.uint32}
+_RING_DTYPE = {32: torch.int32, 64: torch.int64}
+_UNSIGNED_VIEW = {torch.int32: np.dtype(np.uint32), torch.int64: np.dtype(np.uint64)}
 
 
 def check_ring(clip_range: float, modulus_bits: int) -> None:
@@ -66,10 +76,36 @@ def check_ring(clip_range: float, modulus_bits: int) -> None:
         raise ValueError(f"clip_range must be a real number, got {clip_range!r}")
     if not (math.isfinite(clip_range) and clip_range > 0):
         raise ValueError(f"clip_range must be finite and in (0, inf), got {clip_range!r}")
+    _check_modulus_bits(modulus_bits)
+
+
+def _check_modulus_bits(modulus_bits: int) -> None:
     if modulus_bits not in SUPPORTED_MODULUS_BITS:
-        raise ValueError(
-            f"modulus_bits must be one of {SUPPORTED_MODULUS_BITS} (64 is planned), got {modulus_bits!r}"
-        )
+        raise ValueError(f"modulus_bits must be one of {SUPPORTED_MODULUS_BITS}, got {modulus_bits!r}")
+
+
+def _check_count(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+
+
+def ring_dtype(modulus_bits: int) -> np.dtype:
+    """The unsigned numpy dtype holding elements of Z_(2^modulus_bits): uint32 or uint64."""
+    _check_modulus_bits(modulus_bits)
+    return _UNSIGNED_VIEW[_RING_DTYPE[modulus_bits]]
+
+
+def as_ring_array(t: torch.Tensor) -> np.ndarray:
+    """Zero-copy unsigned numpy view (uint32/uint64) of an int32/int64 CPU ring tensor.
+
+    What :meth:`secagg.protocol.ClientRound.set_input` takes; writes through.
+    """
+    if not isinstance(t, torch.Tensor) or t.dtype not in _UNSIGNED_VIEW:
+        got = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
+        raise ValueError(f"t must be an int32 or int64 torch.Tensor, got {got}")
+    if t.device.type != "cpu":
+        raise ValueError(f"t must be on the CPU, got device {t.device}")
+    return t.numpy().view(_UNSIGNED_VIEW[t.dtype])
 
 
 def fixed_point_frac_bits(clip_range: float, num_parties: int, modulus_bits: int) -> int | None:
@@ -133,10 +169,7 @@ class FixedPointCodec:
 
     def __post_init__(self) -> None:
         check_ring(self.clip_range, self.modulus_bits)
-        if isinstance(self.num_parties, bool) or not isinstance(self.num_parties, int):
-            raise ValueError(f"num_parties must be an int >= 1, got {self.num_parties!r}")
-        if self.num_parties < 1:
-            raise ValueError(f"num_parties must be >= 1, got {self.num_parties}")
+        _check_count("num_parties", self.num_parties)
         frac_bits = fixed_point_frac_bits(self.clip_range, self.num_parties, self.modulus_bits)
         if frac_bits is None:
             limit = 2 ** (self.modulus_bits - 1) - 1
@@ -174,7 +207,7 @@ class FixedPointCodec:
         ``torch.rand``.  They are not masks and need not be secret.
 
         Works chunk by chunk through cache-sized buffers: the only allocation of the
-        input's size is the returned int32 tensor.  Raises ValueError if ``x`` has a
+        input's size is the returned ring tensor (``dtype``).  Raises ValueError if ``x`` has a
         NaN or infinite entry.
         """
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
@@ -193,11 +226,7 @@ class FixedPointCodec:
         lo, hi = torch.aminmax(flat)  # one pass; NaN propagates to both
         if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
             raise ValueError("x must contain only finite values (found NaN or inf)")
-        bound = (
-            _largest_float32_at_most(self.clip_range)
-            if x.dtype == torch.float32
-            else self.clip_range
-        )
+        bound = _largest_float32_at_most(self.clip_range) if x.dtype == torch.float32 else self.clip_range
         scaled_bound = bound * self.scale  # exact in x's dtype: a power-of-two multiple
         coins = Keystream(_coin_key(generator), bytes(NONCE_BYTES))
         chunk = min(_CHUNK, flat.numel())
@@ -216,76 +245,141 @@ class FixedPointCodec:
             v_m.add_(bits_m, alpha=_COIN_STEP)  # frac(v) + u, u = k 2^-24, in [0, 2)
             v_m.floor_()  # 1 with probability frac(v) (up to 2^-24), else 0
             code_m.add_(v_m)
-            out[start : start + m].copy_(code_m)  # |code| <= max_abs_code < 2^31
+            out[start : start + m].copy_(code_m)  # |code| <= max_abs_code < 2^(k-1)
         return out.reshape(x.shape)
 
-    def decode_sum(self, s: torch.Tensor) -> torch.Tensor:
+    def decode_sum(self, s: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Decode a ring element (a sum of at most ``num_parties`` codes) to float32.
 
-        Interprets ``s`` as signed (two's complement) and divides by 2^f.  The int32 ->
-        float32 conversion rounds to nearest and the division by 2^f is exact.
+        ``s``: a ring tensor of ``dtype`` or the unsigned array the protocol returns
+        (``ServerRound.result``).  Interprets it as signed (two's complement) and
+        divides by 2^f.  The integer -> float32 conversion rounds to nearest and the
+        division by 2^f is exact.
         """
-        _check_ring_tensor("s", s, self.dtype)
+        s = _ring_tensor("s", s, self.modulus_bits)
         return s.to(torch.float32).mul_(1.0 / self.scale)
 
 
-def _check_ring_tensor(name: str, t: torch.Tensor, dtype: torch.dtype = torch.int32) -> None:
+def _ring_tensor(name: str, s: torch.Tensor | np.ndarray, modulus_bits: int) -> torch.Tensor:
+    """``s`` as a signed ring tensor of Z_(2^modulus_bits) (zero-copy from unsigned numpy)."""
+    if isinstance(s, np.ndarray):
+        if s.dtype != ring_dtype(modulus_bits):
+            raise ValueError(f"{name} must have dtype {ring_dtype(modulus_bits)}, got {s.dtype}")
+        return torch.from_numpy(s.view(np.int32 if modulus_bits == 32 else np.int64))
+    _check_ring_tensor(name, s, _RING_DTYPE[modulus_bits])
+    return s
+
+
+@dataclass(frozen=True)
+class WeightedMeanCodec:
+    """Codes for a weighted mean: a party with weight w in [0, max_weight] sends
+    enc(w * clip(x, -c, c)) followed by the integer w itself, dim + 1 ring elements.
+
+    The server's sum decodes to (sum_u w_u x_u, sum_u w_u) and :meth:`decode_mean`
+    divides; neither a party's weight nor its weighted input leaves it unmasked.
+    Headroom: the fixed-point part uses clip range c * max_weight for
+    ``num_parties`` parties (:class:`FixedPointCodec`), and the weight entry needs
+    num_parties * max_weight <= 2^(k-1) - 1; both are checked here.
+    """
+
+    clip_range: float
+    max_weight: int
+    num_parties: int
+    modulus_bits: int = 32
+    values: FixedPointCodec = field(init=False)
+
+    def __post_init__(self) -> None:
+        check_ring(self.clip_range, self.modulus_bits)
+        _check_count("max_weight", self.max_weight)
+        values = FixedPointCodec(self.clip_range * self.max_weight, self.num_parties, self.modulus_bits)
+        limit = 2 ** (self.modulus_bits - 1) - 1
+        if self.num_parties * self.max_weight > limit:
+            raise ValueError(
+                f"num_parties={self.num_parties} * max_weight={self.max_weight} must be <= "
+                f"2^{self.modulus_bits - 1} - 1 = {limit} so the sum of weights cannot wrap"
+            )
+        object.__setattr__(self, "values", values)
+
+    def encode(self, x: torch.Tensor, weight: int, generator: torch.Generator) -> torch.Tensor:
+        """Codes of (weight * clip(x), weight): a flat ring tensor of x.numel() + 1 elements."""
+        if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= self.max_weight:
+            raise ValueError(f"weight must be an int in [0, {self.max_weight}], got {weight!r}")
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x must be a floating-point torch.Tensor, got {got}")
+        flat = x.detach().reshape(-1).to(torch.float64)
+        weighted = flat.clamp(-self.clip_range, self.clip_range).mul_(weight)
+        out = torch.empty(flat.numel() + 1, dtype=self.values.dtype)
+        out[:-1] = self.values.encode(weighted, generator)
+        out[-1] = weight
+        return out
+
+    def decode_mean(self, s: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, int]:
+        """(sum_u w_u x_u / sum_u w_u as float32, sum_u w_u) from the ring sum ``s``.
+
+        Raises ValueError when the total weight is 0 (no mean exists).
+        """
+        s = _ring_tensor("s", s, self.modulus_bits)
+        total = int(s[-1])
+        if total <= 0:
+            raise ValueError(f"total weight must be > 0 to take a mean, got {total}")
+        return self.values.decode_sum(s[:-1]).div_(total), total
+
+
+def _check_ring_tensor(name: str, t: torch.Tensor, dtype: torch.dtype | None = None) -> None:
+    """A CPU ring tensor: int32 or int64, and of ``dtype`` when given."""
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype != dtype:
-        raise ValueError(f"{name} must have dtype {dtype}, got {t.dtype}")
+    allowed = (dtype,) if dtype is not None else tuple(_UNSIGNED_VIEW)
+    if t.dtype not in allowed:
+        raise ValueError(f"{name} must have dtype {' or '.join(map(str, allowed))}, got {t.dtype}")
     if t.device.type != "cpu":
         raise ValueError(f"{name} must be on the CPU, got device {t.device}")
 
 
-def _unsigned(t: torch.Tensor) -> np.ndarray:
-    """Zero-copy unsigned view of an int32 tensor's memory (wrap-around is defined)."""
-    return t.numpy().view(_UNSIGNED_VIEW[32])
-
-
-def _check_same_shape(name: str, acc: torch.Tensor, other: torch.Tensor) -> None:
+def _check_same_ring(name: str, acc: torch.Tensor, other: torch.Tensor) -> None:
+    _check_ring_tensor(name, other, acc.dtype)
     if acc.shape != other.shape:
         raise ValueError(f"{name} must have shape {tuple(acc.shape)}, got {tuple(other.shape)}")
 
 
 def _wrapping_inplace(acc: torch.Tensor, other: torch.Tensor, ufunc: np.ufunc) -> torch.Tensor:
-    """acc <- ufunc(acc, other) on uint32 views of the same memory: defined wrap-around, no temporaries."""
+    """acc <- ufunc(acc, other) on unsigned views of the same memory: defined wrap-around, no temporaries."""
     _check_ring_tensor("acc", acc)
-    _check_ring_tensor("other", other)
-    _check_same_shape("other", acc, other)
-    a = _unsigned(acc)
-    ufunc(a, _unsigned(other), out=a)
+    _check_same_ring("other", acc, other)
+    a = as_ring_array(acc)
+    ufunc(a, as_ring_array(other), out=a)
     return acc
 
 
 def wrapping_add_(acc: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    """In place: acc <- acc + other  (mod 2^32).  Returns ``acc``."""
+    """In place: acc <- acc + other  (mod 2^32 for int32, 2^64 for int64).  Returns ``acc``."""
     return _wrapping_inplace(acc, other, np.add)
 
 
 def wrapping_sub_(acc: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    """In place: acc <- acc - other  (mod 2^32).  Returns ``acc``."""
+    """In place: acc <- acc - other  (mod 2^32 for int32, 2^64 for int64).  Returns ``acc``."""
     return _wrapping_inplace(acc, other, np.subtract)
 
 
 def wrapping_add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Pure: a + b in Z_(2^32), as a new int32 tensor."""
+    """Pure: a + b in the ring of a's dtype, as a new tensor."""
     _check_ring_tensor("a", a)
     return wrapping_add_(a.clone(memory_format=torch.contiguous_format), b)
 
 
 def wrapping_sum(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Pure: sum_i tensors[i] in Z_(2^32), as a new int32 tensor (inputs untouched)."""
+    """Pure: sum_i tensors[i] in the ring of their dtype, as a new tensor (inputs untouched)."""
     if len(tensors) == 0:
         raise ValueError("tensors must hold at least 1 tensor, got 0")
+    _check_ring_tensor("tensors[0]", tensors[0])
     for i, t in enumerate(tensors):
-        _check_ring_tensor(f"tensors[{i}]", t)
-        _check_same_shape(f"tensors[{i}]", tensors[0], t)
-    acc = torch.empty(tensors[0].shape, dtype=torch.int32)
+        _check_same_ring(f"tensors[{i}]", tensors[0], t)
+    acc = torch.empty(tensors[0].shape, dtype=tensors[0].dtype)
     if len(tensors) == 1:
         return acc.copy_(tensors[0])
-    out = _unsigned(acc)
-    np.add(_unsigned(tensors[0]), _unsigned(tensors[1]), out=out)
+    out = as_ring_array(acc)
+    np.add(as_ring_array(tensors[0]), as_ring_array(tensors[1]), out=out)
     for t in tensors[2:]:
-        np.add(out, _unsigned(t), out=out)
+        np.add(out, as_ring_array(t), out=out)
     return acc

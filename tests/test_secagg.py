@@ -80,7 +80,7 @@ def test_headroom_refusal_names_fields_and_limit() -> None:
         ({"clip_range": float("inf"), "num_parties": 2}, "clip_range"),
         ({"clip_range": 1.0, "num_parties": 0}, "num_parties"),
         ({"clip_range": 1.0, "num_parties": 2.0}, "num_parties"),
-        ({"clip_range": 1.0, "num_parties": 2, "modulus_bits": 64}, "modulus_bits"),
+        ({"clip_range": 1.0, "num_parties": 2, "modulus_bits": 128}, "modulus_bits"),
         ({"clip_range": 1.0, "num_parties": 2, "modulus_bits": 16}, "modulus_bits"),
     ],
 )
@@ -189,7 +189,9 @@ def test_wrapping_ops_validate() -> None:
     with pytest.raises(ValueError, match="shape"):
         wrapping_add(torch.zeros(3, dtype=torch.int32), torch.zeros(4, dtype=torch.int32))
     with pytest.raises(ValueError, match="dtype"):
-        wrapping_add(torch.zeros(3, dtype=torch.int64), torch.zeros(3, dtype=torch.int64))
+        wrapping_add(torch.zeros(3, dtype=torch.int16), torch.zeros(3, dtype=torch.int16))
+    with pytest.raises(ValueError, match="dtype"):
+        wrapping_add(torch.zeros(3, dtype=torch.int64), torch.zeros(3, dtype=torch.int32))
 
 
 # --- PRG -----------------------------------------------------------------------------

@@ -1,0 +1,361 @@
+"""secagg building blocks: Shamir sharing, Lagrange cache, neighbour graphs, parameter
+choice, wire format, share encryption, 64-bit rings and weighted means."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from secagg.agreement import generate_private_key, public_key_bytes, share_encryption_keys
+from secagg.channel import CIPHERTEXT_BYTES, open_shares, seal_shares
+from secagg.encoding import FixedPointCodec, WeightedMeanCodec, as_ring_array, wrapping_sum
+from secagg.graph import NeighbourGraph, random_permutation
+from secagg.masking import add_masks_, mask_input
+from secagg.messages import HEADER, REPLY, SHARE_KEYS, ProtocolError, Reader, open_message, pack_message
+from secagg.params import (
+    ProtocolParams,
+    binomial_cdf_below,
+    check_secagg_params,
+    choose_secagg_params,
+    hypergeometric_tail,
+)
+from secagg.prg import Keystream, keystream_into
+from secagg.shamir import (
+    PRIME,
+    LagrangeCache,
+    evaluation_points,
+    join_limbs,
+    lagrange_at_zero,
+    random_field_elements,
+    reconstruct,
+    share_from_bytes,
+    share_secrets,
+    share_to_bytes,
+    split_limbs,
+)
+
+SESSION = bytes(range(16))
+
+
+# --- Shamir -----------------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    secret=st.binary(min_size=32, max_size=32),
+    n=st.integers(1, 30),
+    data=st.data(),
+)
+def test_any_t_shares_reconstruct_and_t_minus_one_do_not(secret: bytes, n: int, data: st.DataObject) -> None:
+    t = data.draw(st.integers(1, n))
+    xs = data.draw(st.lists(st.integers(1, PRIME - 1), min_size=n, max_size=n, unique=True))
+    shares = share_secrets([secret, secret[::-1]], xs, t)
+    assert shares.shape == (n, 2, 9) and shares.max() < PRIME
+    chosen = data.draw(st.lists(st.integers(0, n - 1), min_size=t, max_size=n, unique=True))
+    limbs = reconstruct(shares[chosen], lagrange_at_zero([xs[i] for i in chosen]))
+    assert join_limbs(limbs[0]) == secret and join_limbs(limbs[1]) == secret[::-1]
+    if t > 1:
+        fewer = chosen[: t - 1]
+        wrong = reconstruct(shares[fewer], lagrange_at_zero([xs[i] for i in fewer]))[0]
+        assert not np.array_equal(wrong, split_limbs(secret))  # fails with probability p^-9
+
+
+def test_t_minus_one_shares_are_consistent_with_every_secret() -> None:
+    """Perfect secrecy, made concrete: for t-1 shares and ANY candidate secret there is a
+    degree t-1 polynomial through both, so the shares cannot rule any candidate out."""
+    xs, t = [3, 8, 11, 20], 4
+    shares = share_secrets([os.urandom(32)], xs, t)[:, 0, 0]  # first limb
+    for candidate in (0, 1, 12345, PRIME - 1):
+        points = [(0, candidate)] + list(zip(xs[: t - 1], (int(s) for s in shares[: t - 1])))
+        for x, y in points:  # the interpolating polynomial exists and passes through all of them
+            value = sum(
+                Fraction(yj) * math.prod(Fraction(x - xk, xj - xk) for xk, _ in points if xk != xj)
+                for xj, yj in points
+            )
+            assert value == y
+
+
+def test_lagrange_matches_exact_rational_interpolation_and_is_cached() -> None:
+    xs = [1, 5, 9, 13, 200, 77]
+    coefficients = lagrange_at_zero(xs)
+    for i, x_i in enumerate(xs):
+        exact = math.prod(Fraction(x_j, x_j - x_i) for x_j in xs if x_j != x_i)
+        assert int(coefficients[i]) == exact.numerator * pow(exact.denominator, -1, PRIME) % PRIME
+    cache = LagrangeCache()
+    first = cache.coefficients(xs)
+    assert cache.coefficients(list(xs)) is first and cache.misses == 1
+    assert not np.array_equal(cache.coefficients(xs[::-1]), first) and cache.misses == 2
+
+
+def test_share_encoding_and_validation() -> None:
+    share = share_secrets([os.urandom(32)], [1, 2], 2)[0, 0]
+    assert np.array_equal(share_from_bytes(share_to_bytes(share)), share)
+    with pytest.raises(ValueError, match="36 bytes"):
+        share_from_bytes(bytes(35))
+    with pytest.raises(ValueError, match="< p"):
+        share_from_bytes(b"\xff" * 36)
+    with pytest.raises(ValueError, match="distinct"):
+        share_secrets([bytes(32)], [1, 1], 1)
+    with pytest.raises(ValueError, match="threshold"):
+        share_secrets([bytes(32)], [1, 2], 3)
+    with pytest.raises(ValueError, match="inconsistent"):
+        join_limbs(np.full(9, 2**30, dtype=np.uint64))
+    assert evaluation_points((3, 7, 100), (100, 3)) == [3, 1]
+    with pytest.raises(ValueError, match="not in the sorted cohort"):
+        evaluation_points((3, 7, 100), (4,))
+
+
+def test_field_elements_are_uniform_below_p() -> None:
+    draws = random_field_elements((20000,))
+    assert draws.max() < PRIME
+    top = np.bincount((draws >> np.uint64(27)).astype(np.int64), minlength=16)  # 16 buckets
+    assert np.all(np.abs(top - 1250) < 6 * math.sqrt(1250))
+
+
+# --- neighbour graph ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("n", "k"), [(5, 2), (10, 4), (101, 10), (40, 38), (9, 8)])
+def test_harary_graph_is_k_regular_symmetric_and_shared(n: int, k: int) -> None:
+    ids = tuple(range(10, 10 + 3 * n, 3))
+    graph = NeighbourGraph(SESSION, 4, ids, k)
+    for u in ids:
+        neighbours = graph.neighbours(u)
+        assert len(neighbours) == k and u not in neighbours
+        assert all(u in graph.neighbours(v) for v in neighbours)
+        assert graph.closed_neighbourhood(u) == tuple(sorted(neighbours + (u,)))
+    again = NeighbourGraph(SESSION, 4, ids, k)
+    assert all(again.neighbours(u) == graph.neighbours(u) for u in ids)  # every party recomputes it
+    if k < n - 1:
+        other = NeighbourGraph(bytes(16), 4, ids, k)
+        assert other.ring_order() != graph.ring_order()
+
+
+def test_complete_graph_and_validation() -> None:
+    graph = NeighbourGraph(SESSION, 1, (1, 2, 3, 4), None)
+    assert graph.complete and graph.neighbours(2) == (1, 3, 4)
+    for bad in (3, 0, 4):
+        with pytest.raises(ValueError, match="degree"):
+            NeighbourGraph(SESSION, 1, (1, 2, 3, 4), bad)
+    with pytest.raises(ValueError, match="not in the cohort"):
+        graph.neighbours(9)
+
+
+def test_permutation_is_uniform() -> None:
+    counts: dict[tuple[int, ...], int] = {}
+    trials = 2400
+    for i in range(trials):
+        perm = tuple(random_permutation(3, i.to_bytes(32, "big")))
+        counts[perm] = counts.get(perm, 0) + 1
+    assert len(counts) == 6
+    chi2 = sum((c - trials / 6) ** 2 / (trials / 6) for c in counts.values())
+    assert chi2 < 25.7  # chi-square(5) at p = 1e-4
+
+
+# --- parameters ------------------------------------------------------------------------------
+
+
+def test_probability_helpers_against_direct_sums() -> None:
+    assert math.isclose(binomial_cdf_below(10, 0.5, 3), (1 + 10 + 45) / 1024)
+    assert binomial_cdf_below(5, 0.9, 0) == 0.0
+    assert math.isclose(hypergeometric_tail(10, 3, 4, 2), (3 * 21 + 7) / 210)
+
+
+@pytest.mark.parametrize("graph", ["full", "sparse"])
+@pytest.mark.parametrize(
+    ("n", "dropout", "collusion"), [(20, 0.0, 0), (100, 0.1, 0.1), (500, 0.3, 0.05), (1000, 0.1, 0.1)]
+)
+def test_chosen_params_pass_the_check(graph: str, n: int, dropout: float, collusion: float) -> None:
+    t, k = choose_secagg_params(n, dropout, collusion, graph)
+    check_secagg_params(n, t, k, dropout, collusion)
+    ProtocolParams(SESSION, 1, tuple(range(1, n + 1)), 8, t, neighbours=k)
+    if graph == "full":
+        assert k is None and t > n // 2
+    elif n >= 500:
+        assert k is not None and k < 4 * math.log2(n) ** 1.5  # O(log n), far below n
+
+
+def test_unmeetable_params_raise_clear_errors() -> None:
+    with pytest.raises(ValueError, match=r"threshold must be > collusion = 3"):
+        check_secagg_params(10, 3, None, 0.0, 3)
+    with pytest.raises(ValueError, match="fewer than t holders survive"):
+        check_secagg_params(10, 9, None, 0.2, 0)
+    with pytest.raises(ValueError, match="neighbours must be an even int"):
+        check_secagg_params(10, 2, 3, 0.0, 0)
+    with pytest.raises(ValueError, match="split into parts"):
+        check_secagg_params(1000, 3, 4, 0.3, 0)
+    with pytest.raises(ValueError, match="colluders reach t shares"):
+        check_secagg_params(1000, 3, 30, 0.0, 200)
+    with pytest.raises(ValueError, match="no threshold fits cohort=10"):
+        choose_secagg_params(10, 0.3, 1)
+    assert choose_secagg_params(4, 0.1, 0, max_abort_probability=0.05) == (2, None)
+    with pytest.raises(ValueError, match="dropout_rate"):
+        choose_secagg_params(10, 1.0, 0)
+    with pytest.raises(ValueError, match="collusion"):
+        choose_secagg_params(10, 0.0, 1.5)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"session": bytes(15)}, "session"),
+        ({"round_idx": 0}, "round_idx"),
+        ({"client_ids": (2, 1, 3)}, "sorted"),
+        ({"client_ids": [1, 2, 3]}, "client_ids"),
+        ({"client_ids": (0, 1, 2)}, r"client_ids\[0\]"),
+        ({"dim": 0}, "dim"),
+        ({"threshold": 4}, "threshold"),
+        ({"modulus_bits": 16}, "modulus_bits"),
+        ({"neighbours": 1}, "neighbours"),
+        ({"consistency_check": 1}, "consistency_check"),
+    ],
+)
+def test_protocol_params_validate(change: dict, field: str) -> None:
+    fields = {"session": SESSION, "round_idx": 1, "client_ids": (1, 2, 3), "dim": 4, "threshold": 2}
+    with pytest.raises(ValueError, match=field):
+        ProtocolParams(**{**fields, **change})
+
+
+# --- wire format and share encryption ----------------------------------------------------
+
+
+def test_protocol_error_names_sender_stage_and_reason() -> None:
+    error = ProtocolError(7, SHARE_KEYS, "bad thing", receiver=0)
+    assert (error.sender, error.stage, error.reason) == (7, SHARE_KEYS, "bad thing")
+    assert str(error) == "ShareKeys message from client 7 rejected by server: bad thing"
+
+
+def test_open_message_checks_every_header_field() -> None:
+    good = pack_message(SHARE_KEYS, REPLY, SESSION, 3, 5, 0, b"body")
+    ctx = {
+        "stage": SHARE_KEYS,
+        "direction": REPLY,
+        "session": SESSION,
+        "round_idx": 3,
+        "sender": 5,
+        "receiver": 0,
+    }
+    assert bytes(open_message(good, **ctx)) == b"body"
+    for offset, reason in [
+        (0, "magic"),
+        (4, "version"),
+        (6, "direction"),
+        (8, "session"),
+        (24 + 7, "round"),
+        (5, "stage"),
+        (32 + 7, "sender"),
+        (40 + 7, "receiver"),
+        (48 + 3, "length"),
+    ]:
+        bad = bytearray(good)
+        bad[offset] ^= 1
+        with pytest.raises(ProtocolError, match=reason):
+            open_message(bytes(bad), **ctx)
+    reader = Reader(memoryview(b"\x00\x00\x00\x09"), sender=5, stage=SHARE_KEYS, receiver=0)
+    with pytest.raises(ProtocolError, match="at most 2"):
+        reader.take_list(HEADER, 2)
+
+
+def test_share_ciphertexts_bind_session_round_and_parties() -> None:
+    a, b = generate_private_key(), generate_private_key()
+    ctx = {"session": SESSION, "round_idx": 2}
+    a_to_b, b_to_a = share_encryption_keys(a, public_key_bytes(b), own_id=1, peer_id=2, **ctx)
+    assert share_encryption_keys(b, public_key_bytes(a), own_id=2, peer_id=1, **ctx) == (b_to_a, a_to_b)
+    assert a_to_b != b_to_a  # one key per direction
+    ct = seal_shares(a_to_b, sender=1, receiver=2, b_share=bytes(36), sk_share=b"\x01" * 36, **ctx)
+    assert len(ct) == CIPHERTEXT_BYTES
+    assert open_shares(a_to_b, ct, sender=1, receiver=2, **ctx) == (bytes(36), b"\x01" * 36)
+    for change in ({"round_idx": 3}, {"session": bytes(16)}, {"sender": 3}):
+        with pytest.raises(ValueError, match="authentication failed"):
+            open_shares(a_to_b, ct, **{"sender": 1, "receiver": 2, **ctx, **change})
+    for bit in (0, 8 * 50, 8 * len(ct) - 1):
+        flipped = bytearray(ct)
+        flipped[bit // 8] ^= 1 << (bit % 8)
+        with pytest.raises(ValueError, match="authentication failed"):
+            open_shares(a_to_b, bytes(flipped), sender=1, receiver=2, **ctx)
+
+
+# --- 64-bit rings, weighted means, masks into numpy ------------------------------------------
+
+
+def test_codec_64_bit_ring_round_trip_and_headroom() -> None:
+    codec = FixedPointCodec(clip_range=1.0, num_parties=1000, modulus_bits=64)
+    assert codec.dtype == torch.int64 and codec.frac_bits == 53
+    x = torch.linspace(-1, 1, 1001, dtype=torch.float64)
+    codes = [codec.encode(x, torch.Generator().manual_seed(i)) for i in range(3)]
+    total = codec.decode_sum(as_ring_array(wrapping_sum(codes)))
+    assert torch.allclose(total, (3 * x).to(torch.float32), atol=1e-6)
+    with pytest.raises(ValueError, match="2\\^63 - 1"):
+        FixedPointCodec(clip_range=2.0**60, num_parties=2**10, modulus_bits=64)
+
+
+def test_weighted_mean_codec_validates() -> None:
+    with pytest.raises(ValueError, match="sum of weights cannot wrap"):
+        WeightedMeanCodec(clip_range=1e-9, max_weight=2**30, num_parties=4)
+    codec = WeightedMeanCodec(clip_range=1.0, max_weight=10, num_parties=3)
+    with pytest.raises(ValueError, match="weight must be an int in \\[0, 10\\]"):
+        codec.encode(torch.zeros(2), 11, torch.Generator())
+    with pytest.raises(ValueError, match="total weight"):
+        codec.decode_mean(np.zeros(3, np.uint32))
+
+
+@pytest.mark.parametrize("dtype", [np.uint32, np.uint64])
+def test_add_masks_matches_keystream_arithmetic(dtype: type) -> None:
+    n = 70_001  # several chunks, odd tail
+    keys = [os.urandom(32) for _ in range(3)]
+    y = np.arange(n, dtype=dtype)
+    add_masks_(y, [(1, keys[0]), (-1, keys[1]), (1, keys[2])])
+    streams = []
+    for key in keys:
+        s = np.empty(n, dtype=dtype)
+        keystream_into(s, key, bytes(16))
+        streams.append(s)
+    assert np.array_equal(y, np.arange(n, dtype=dtype) + streams[0] - streams[1] + streams[2])
+    with pytest.raises(ValueError, match="flat uint32 or uint64"):
+        add_masks_(np.zeros(4, np.int32), [])
+    with pytest.raises(ValueError, match="sign"):
+        add_masks_(np.zeros(4, dtype), [(2, keys[0])])
+
+
+def test_torch_int64_masks_cancel() -> None:
+    x = [torch.arange(10, dtype=torch.int64) * i for i in range(3)]
+    keys = {(0, 1): os.urandom(32), (0, 2): os.urandom(32), (1, 2): os.urandom(32)}
+    masked = [
+        mask_input(x[u], u + 1, {v + 1: keys[min(u, v), max(u, v)] for v in range(3) if v != u})
+        for u in range(3)
+    ]
+    assert torch.equal(wrapping_sum(masked), wrapping_sum(x))
+
+
+def test_keystream_reads_into_numpy_words() -> None:
+    key = os.urandom(32)
+    words64 = np.empty(9, np.uint64)
+    Keystream(key, bytes(16)).read_into(words64)
+    words32 = torch.empty(18, dtype=torch.int32)
+    keystream_into(words32, key, bytes(16))
+    assert words64.tobytes() == words32.numpy().tobytes()
+    with pytest.raises(ValueError, match="read-only"):
+        keystream_into(np.frombuffer(bytes(16), np.uint32), key, bytes(16))
+
+
+def test_no_non_cryptographic_randomness_for_secrets() -> None:
+    """Secrets come from os.urandom / cryptography only.  The one torch generator is the
+    stochastic-rounding coin key of the codec (not a secret)."""
+    for source in (Path(__file__).resolve().parents[1] / "secagg").glob("*.py"):
+        code = "\n".join(
+            line for line in source.read_text().splitlines() if not line.strip().startswith(("#", '"', "``"))
+        )
+        assert not re.search(
+            r"np\.random|numpy\.random|^import random|from random|torch\.rand\(", code, re.M
+        ), source
+        if source.name != "encoding.py":
+            assert "torch.randint" not in code, source
