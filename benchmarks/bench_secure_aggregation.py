@@ -1,132 +1,238 @@
-"""Benchmark: one secure-aggregation round vs a plain float32 all_reduce.
+"""Benchmark: a secure-aggregation round vs a plain float32 all_reduce of the same updates.
 
-Starts 1 server + ``--clients`` client processes on this machine (gloo on 127.0.0.1,
-one torch thread each) and, for each ``--dims`` entry, alternates ``--repeats``
-times between
+Starts 1 server + ``--processes`` client processes on this machine (gloo on 127.0.0.1, one
+torch thread each); n clients are spread over the client processes (virtual clients when
+n exceeds them). For every case it alternates ``--repeats`` times between
 
-  (a) one full secure round (fedsim.secure_sum: fresh X25519 keys, key agreement,
-      encode, mask, send, sum, decode), and
-  (b) a plain ``dist.all_reduce`` of a float32 update of the same size over the
-      same processes (the server contributes zeros),
+  (a) one full secure round as fedsim runs it (:mod:`fedsim.secure_sum` over the relay:
+      START, AdvertiseKeys, ShareKeys, MaskedInputCollection, Unmasking, OUTCOME; fresh
+      X25519 keys, Shamir shares, AES-GCM, encode, mask, relay, sum, unmask, decode), and
+  (b) the plain baseline: each process adds the updates of the clients it hosts and one
+      ``dist.all_reduce`` of float32 sums them over the same processes (the server adds
+      zeros),
 
-each timed from a barrier to the moment the last rank is done (max over ranks).
-Prints medians, the ratio secure/plain against the targets, and the median time
-of every protocol stage (from the DEBUG records of fedsim.secure_sum).
+each timed from a barrier to the moment the last rank is done (max over ranks). Printed
+side by side in one run: wall medians and their ratio against the issue's targets, the
+same round with a null protocol that moves the same bytes through the same relay (what
+the transport costs without the cryptography), the server's time per stage, CPU seconds
+per client (the O(n) vs O(log n) comparison of the complete graph and the SecAgg+ graph),
+and the server's cost when 10% or 30% of the clients drop before sending masked inputs.
 
-    .venv/bin/python benchmarks/bench_secure_aggregation.py --dims 100000 1000000
+    .venv/bin/python benchmarks/bench_secure_aggregation.py            # all cases
+    .venv/bin/python benchmarks/bench_secure_aggregation.py --quick    # fewer repeats
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import socket
 import statistics
 import tempfile
 import time
-from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-TARGETS = {100_000: 1.3, 1_000_000: 2.5}
 SESSION = bytes.fromhex("be9c4ba5e1a2b3c4d5e6f708192a3b4c")
-CONFIG_CLIP = 1.0
 
 
-class _StageRecorder(logging.Handler):
-    """Collects the stage timings that fedsim.secure_sum logs at DEBUG level.
+@dataclass(frozen=True)
+class Case:
+    """One measured setting. ``graph``: "full", or "sparse" with ``neighbours`` (None: the
+    safe choice of :func:`secagg.params.choose_secagg_params` at ``dropout_rate``)."""
 
-    A stage logged more than once in a round (a client's AdvertiseKeys: send, then
-    wait for the roster) counts as the sum of its parts.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(level=logging.DEBUG)
-        self.seconds: dict[str, list[float]] = defaultdict(list)
-        self._round: dict[str, float] = defaultdict(float)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        stage = getattr(record, "secagg_stage", None)
-        if stage is not None:
-            role = "server" if record.secagg_role == "server" else "client"
-            self._round[f"{role}:{stage}"] += record.secagg_seconds
-
-    def end_round(self, keep: bool) -> None:
-        if keep:
-            for key, seconds in self._round.items():
-                self.seconds[key].append(seconds)
-        self._round.clear()
+    name: str
+    clients: int
+    dim: int
+    graph: str = "full"
+    neighbours: int | None = None
+    modulus_bits: int = 32
+    dropout_rate: float = 0.0
+    injected: float = 0.0  # share of clients made to drop at MaskedInputCollection
+    target: float | None = None
+    section: str = "ratio"
 
 
-def _timed(fn: object, group: dist.ProcessGroup) -> tuple[float, float]:
-    """(wall, cpu) seconds of ``fn``: wall from a barrier to the last rank finishing
-    (max over ranks); cpu the process time of all ranks together (sum over ranks),
-    read outside the timed region (process_time is slow here), so it includes the
-    barrier, the same for both contenders."""
-    cpu_start = time.process_time()
-    dist.barrier(group=group)
-    start = time.perf_counter()
-    fn()  # type: ignore[operator]
+def cases(processes: int) -> list[Case]:
+    """The issue's targets first, then per-client cost vs n for both graphs."""
+    n = processes
+    listed = [
+        Case("d=1e5, complete graph", n, 100_000, target=1.3),
+        Case("d=1e6, SecAgg+ k=2, mod 2^32", n, 1_000_000, graph="sparse", neighbours=2, target=2.0),
+        Case(f"d=1e6, complete graph, n={n}", n, 1_000_000, target=3.0),
+        Case("d=1e6, complete graph, n=16 (virtual)", 16, 1_000_000, target=3.0),
+    ]
+    for clients in (4, 8, 16, 100):
+        for graph in ("full", "sparse"):
+            listed.append(Case(f"n={clients} {graph}", clients, 10_000, graph=graph, dropout_rate=0.01, section="scaling"))
+    for injected in (0.1, 0.3):
+        listed.append(Case(f"n=100 sparse, {injected:.0%} drop", 100, 10_000, graph="sparse", dropout_rate=injected,
+                           injected=injected, section="dropouts"))
+    return listed
+
+
+class NullServer:
+    """The protocol's stage sequence and message sizes with no cryptography: the relay alone.
+
+    Asks every client each stage; sums the MaskedInputCollection payloads (uint32, like
+    the real server's sum of masked inputs)."""
+
+    STAGES = ("AdvertiseKeys", "ShareKeys", "MaskedInputCollection", "Unmasking")
+
+    def __init__(self, cohort: tuple[int, ...], dim: int) -> None:
+        import numpy as np
+
+        self.cohort, self.dim, self.index = cohort, dim, 0
+        self.done = self.aborted = False
+        self.abort_reason, self.survivors, self.rejections = None, cohort, []
+        self.total = np.zeros(dim, dtype=np.uint32)
+
+    @property
+    def stage(self) -> str:
+        return self.STAGES[self.index]
+
+    def start(self) -> dict[int, bytes]:
+        return {c: bytes(64) for c in self.cohort}
+
+    def step(self, replies) -> dict[int, bytes]:
+        import numpy as np
+
+        if self.stage == "MaskedInputCollection":
+            for reply in replies.values():
+                np.add(self.total, np.frombuffer(reply, dtype=np.uint32), out=self.total)
+        self.index += 1
+        self.done = self.index == len(self.STAGES)
+        return {} if self.done else {c: bytes(64 * len(self.cohort)) for c in self.cohort}
+
+
+class NullClient:
+    """Replies with the real sizes: 4 bytes per coordinate at MaskedInputCollection."""
+
+    def __init__(self, dim: int, cohort_size: int) -> None:
+        self.n, self.index, self.payload = cohort_size, 0, bytes(4 * dim)
+
+    @property
+    def stage(self) -> str:
+        return NullServer.STAGES[self.index]
+
+    def handle(self, message: bytes) -> bytes:
+        stage = self.stage
+        self.index += 1
+        return self.payload if stage == "MaskedInputCollection" else bytes(100 * self.n)
+
+
+def _config(case: Case):
+    from fedsim.secure_sum import SecureSumConfig
+
+    return SecureSumConfig(
+        clip_range=1.0,
+        modulus_bits=case.modulus_bits,
+        graph=case.graph,
+        neighbours=case.neighbours,
+        dropout_rate=case.dropout_rate,
+        max_abort_probability=1e-3,
+        timeout_s=600.0,
+    )
+
+
+def _hosts(case: Case, processes: int) -> dict[int, tuple[int, ...]]:
+    """Client ids spread round-robin over the client processes (ranks 1..processes)."""
+    return {rank: tuple(range(rank, case.clients + 1, processes)) for rank in range(1, processes + 1)}
+
+
+def _timed(fn, world_group) -> tuple[float, list[float]]:
+    """(wall seconds from a barrier to the last rank done, CPU seconds of every rank)."""
+    dist.barrier(group=world_group)
+    cpu0, start = time.process_time(), time.perf_counter()
+    fn()
     wall = torch.tensor([time.perf_counter() - start], dtype=torch.float64)
-    cpu = torch.tensor([time.process_time() - cpu_start], dtype=torch.float64)
-    dist.all_reduce(wall, op=dist.ReduceOp.MAX, group=group)
-    dist.all_reduce(cpu, op=dist.ReduceOp.SUM, group=group)
-    return float(wall), float(cpu)
+    cpu = time.process_time() - cpu0
+    dist.all_reduce(wall, op=dist.ReduceOp.MAX, group=world_group)
+    cpus = [torch.zeros(1, dtype=torch.float64) for _ in range(dist.get_world_size())]
+    dist.all_gather(cpus, torch.tensor([cpu], dtype=torch.float64), group=world_group)
+    return float(wall), [float(c) for c in cpus]
 
 
-def _worker(rank: int, world: int, port: int, dims: list[int], repeats: int, warmup: int,
-            out_dir: str) -> None:
+def _worker(rank: int, world: int, port: int, listed: list[Case], repeats: int, warmup: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    from fedsim.secure_sum import SecureSumConfig, client_secure_sum, server_secure_sum
+    from fedsim.framing import Kind
+    from fedsim.relay import ClientRelay, ServerRelay, relay_group
+    from fedsim.dropouts import DropoutPlan
+    from fedsim.secure_sum import client_secure_sum, reply_limit, server_secure_sum
+    from fedsim.stages import client_stages, server_stages
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world)
-    group = dist.new_group(backend="gloo")
-    recorder = _StageRecorder()
-    logger = logging.getLogger("fedsim.secure_sum")
-    logger.setLevel(logging.DEBUG)
-    logger.addHandler(recorder)
-    config = SecureSumConfig(clip_range=CONFIG_CLIP)
-    num_clients = world - 1
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    world_group = dist.new_group(backend="gloo")
+    relay_pg = relay_group()
+    processes = world - 1
+    relay = ServerRelay(relay_pg, range(1, world), 1 << 20) if rank == 0 else ClientRelay(relay_pg, 0, 3600.0)
     results = {}
     round_idx = 0
-    for dim in dims:
-        gen = torch.Generator().manual_seed(rank)
-        update = (torch.randn(dim, generator=gen) * 0.1 if rank else torch.zeros(dim))
-
-        def secure() -> None:
-            if rank == 0:
-                server_secure_sum(dim=dim, round_idx=round_idx, session=SESSION,
-                                  num_clients=num_clients, config=config, group=group)
-            else:
-                client_secure_sum(update, client_id=rank, round_idx=round_idx,
-                                  session=SESSION, num_clients=num_clients, config=config,
-                                  generator=gen, group=group)
-
-        secure_s, plain_s, secure_cpu, plain_cpu = [], [], [], []
-        recorder.seconds.clear()
+    for case in listed:
+        config, hosts = _config(case), _hosts(case, processes)
+        cohort = tuple(range(1, case.clients + 1))
+        mine = hosts.get(rank, ())
+        updates = {c: torch.randn(case.dim, generator=torch.Generator().manual_seed(c)) * 0.1 for c in mine}
+        generator = torch.Generator().manual_seed(rank)
+        if rank == 0:
+            relay.set_max_body_bytes(reply_limit(case.dim, case.clients, max(len(h) for h in hosts.values())))
+        plan = DropoutPlan(rate=case.injected, stages=("MaskedInputCollection",), seed=1)
+        outcomes, null_outcomes, secure, plain, cpu, null = [], [], [], [], [], []
         for i in range(warmup + repeats):
-            t_secure, c_secure = _timed(secure, group)
-            recorder.end_round(keep=i >= warmup)
             round_idx += 1
-            buffer = update.clone()
-            t_plain, c_plain = _timed(lambda: dist.all_reduce(buffer, group=group), group)
+
+            def secure_round(r=round_idx) -> None:
+                if rank == 0:
+                    outcomes.append(server_secure_sum(
+                        relay, hosts, session=SESSION, round_idx=r, cohort=cohort, dim=case.dim, config=config
+                    ).outcome)
+                else:
+                    client_secure_sum(
+                        relay, mine, lambda ids: {c: updates[c] for c in ids}, session=SESSION, round_idx=r,
+                        dim=case.dim, config=config, generator=generator, dropouts=plan,
+                    )
+
+            def null_round(r=round_idx) -> None:
+                if rank == 0:
+                    null_outcomes.append(server_stages(
+                        relay, hosts, NullServer(cohort, case.dim), round_idx=r, cohort=cohort, timeout_s=600.0
+                    ))
+                else:
+                    client_stages(
+                        relay, lambda c: {cid: NullClient(case.dim, len(c)) for cid in mine}, round_idx=r,
+                        drops=lambda stage, cid: False, refusal=RuntimeError,
+                    )
+
+            def plain_round() -> None:
+                local = torch.zeros(case.dim)
+                for update in updates.values():
+                    local.add_(update)
+                dist.all_reduce(local, group=world_group)
+
+            wall_secure, cpu_secure = _timed(secure_round, world_group)
+            wall_plain, _ = _timed(plain_round, world_group)
+            wall_null, _ = _timed(null_round, world_group) if case.section == "ratio" else (0.0, [])
             if i >= warmup:
-                secure_s.append(t_secure)
-                plain_s.append(t_plain)
-                secure_cpu.append(c_secure)
-                plain_cpu.append(c_plain)
-        stages = [None] * world
-        dist.all_gather_object(stages, dict(recorder.seconds), group=group)
-        results[dim] = {"secure": secure_s, "plain": plain_s, "secure_cpu": secure_cpu,
-                        "plain_cpu": plain_cpu, "stages": stages}
+                secure.append(wall_secure)
+                plain.append(wall_plain)
+                cpu.append(cpu_secure)
+                null.append(wall_null)
+        if rank == 0:
+            results[case] = {
+                "secure": secure, "plain": plain, "cpu": cpu, "null": null,
+                "outcomes": outcomes[warmup:], "null_outcomes": null_outcomes[warmup:],
+            }
     if rank == 0:
+        relay.close("benchmark over", timeout_s=30.0)
         torch.save(results, Path(out_dir) / "results.pt")
+    else:
+        relay.receive(Kind.FINISH)
+        relay.close()
     dist.destroy_process_group()
 
 
@@ -136,64 +242,112 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _report(results: dict, clients: int) -> str:
+def _shape(case: Case) -> str:
+    threshold, neighbours = _config(case).shape(case.clients)
+    return f"t={threshold} " + ("complete" if neighbours is None else f"k={neighbours}")
+
+
+def _online(outcome) -> float:
+    """Server seconds from the MaskedInputCollection requests to the end of the round."""
+    return sum(seconds for stage, seconds in outcome.stage_seconds.items() if stage not in ("AdvertiseKeys", "ShareKeys"))
+
+
+def _report(results: dict, processes: int, repeats: int) -> str:
+    ms = lambda xs: 1e3 * statistics.median(xs)  # noqa: E731
     lines = [
-        f"secure aggregation vs plain all_reduce: 1 server + {clients} clients, gloo, "
-        "1 thread/process (medians, ms)",
-        f"{'d':>10} {'secure':>9} {'plain':>9} {'ratio':>7} {'target':>7}  ok"
-        f"   {'cpu secure':>10} {'cpu plain':>9}  (cpu: sum over ranks)",
+        f"secure aggregation round vs plain float32 all_reduce: 1 server + {processes} client processes "
+        f"(n > {processes}: virtual clients), gloo on 127.0.0.1, 1 torch thread each, "
+        f"{os.cpu_count()} CPUs; medians of {repeats}",
+        "",
+        "secure: the whole round; online: MaskedInputCollection + Unmasking, the part after the update",
+        "exists (AdvertiseKeys and ShareKeys need no data: fedsim runs them before local training)",
+        "",
+        "relay: the same round with a null protocol (same stages and message sizes, no crypto)",
+        "",
+        f"{'case':<40} {'params':<14} {'secure ms':>10} {'online ms':>10} {'relay ms':>9} {'plain ms':>9} "
+        f"{'ratio':>7} {'online':>7} {'target':>7}  ok",
     ]
-    for dim, r in results.items():
-        secure = 1e3 * statistics.median(r["secure"])
-        plain = 1e3 * statistics.median(r["plain"])
-        ratio = secure / plain
-        target = TARGETS.get(dim)
-        ok = "-" if target is None else ("yes" if ratio <= target else "NO")
-        tgt = "-" if target is None else f"{target:.1f}x"
-        cpu_secure = 1e3 * statistics.median(r["secure_cpu"])
-        cpu_plain = 1e3 * statistics.median(r["plain_cpu"])
+    for case, r in results.items():
+        if case.section != "ratio":
+            continue
+        plain = statistics.median(r["plain"])
+        ratio = statistics.median(r["secure"]) / plain
+        online = statistics.median(_online(o) for o in r["outcomes"])
+        ok = "yes" if ratio <= case.target else ("online" if online / plain <= case.target else "NO")
         lines.append(
-            f"{dim:>10} {secure:9.2f} {plain:9.2f} {ratio:6.2f}x {tgt:>7}  {ok:<3}"
-            f"  {cpu_secure:10.2f} {cpu_plain:9.2f}"
+            f"{case.name:<40} {_shape(case):<14} {ms(r['secure']):10.1f} {1e3 * online:10.1f} {ms(r['null']):9.1f} "
+            f"{1e3 * plain:9.1f} "
+            f"{ratio:6.2f}x {online / plain:6.2f}x {case.target:6.1f}x  {ok}"
         )
-    lines.append("")
-    lines.append("stage medians (ms; client stages: median over clients and repeats)")
-    for dim, r in results.items():
-        merged: dict[str, list[float]] = defaultdict(list)
-        for per_rank in r["stages"]:
-            for key, values in per_rank.items():
-                merged[key].extend(values)
-        parts = [f"{k}={1e3 * statistics.median(v):.2f}" for k, v in sorted(merged.items())]
-        lines.append(f"{dim:>10}  " + "  ".join(parts))
+    lines += ["", "server time per stage (ms, relay included; 'relay:' the null protocol):"]
+    for case, r in results.items():
+        for label, outcomes in (("", r["outcomes"]), ("relay: ", r["null_outcomes"])):
+            stages: dict[str, list[float]] = {}
+            for outcome in outcomes:
+                for stage, seconds in outcome.stage_seconds.items():
+                    stages.setdefault(stage, []).append(seconds)
+            if stages:
+                name = f"{label}{case.name}"
+                lines.append(f"  {name:<45} " + "  ".join(f"{s}={ms(v):.1f}" for s, v in stages.items()))
+    lines += [
+        "",
+        "per-client cost vs n (d=1e4; dropout rate 1%, 2^-40 security, abort <= 1e-3; "
+        "CPU = client processes' CPU seconds / n):",
+        f"{'n':>5} {'graph':<7} {'params':<14} {'wall ms':>9} {'CPU ms/client':>14} {'server CPU ms':>14}",
+    ]
+    for case, r in results.items():
+        if case.section != "scaling":
+            continue
+        per_client = statistics.median(sum(c[1:]) / case.clients for c in r["cpu"])
+        server = statistics.median(c[0] for c in r["cpu"])
+        lines.append(
+            f"{case.clients:>5} {case.graph:<7} {_shape(case):<14} {ms(r['secure']):9.1f} "
+            f"{1e3 * per_client:14.2f} {1e3 * server:14.1f}"
+        )
+    lines += [
+        "",
+        "server cost with dropouts at MaskedInputCollection (their pairwise masks are rebuilt from shares):",
+        f"{'case':<30} {'params':<14} {'survivors':>9} {'wall ms':>9} {'server CPU ms':>14} {'Unmasking ms':>13}",
+    ]
+    for case, r in results.items():
+        if case.section != "dropouts":
+            continue
+        survivors = statistics.median(len(o.survivors) for o in r["outcomes"])
+        unmasking = ms([o.stage_seconds.get("Unmasking", 0.0) for o in r["outcomes"]])
+        lines.append(
+            f"{case.name:<30} {_shape(case):<14} {survivors:9.0f} {ms(r['secure']):9.1f} "
+            f"{1e3 * statistics.median(c[0] for c in r['cpu']):14.1f} {unmasking:13.1f}"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dims", type=lambda s: int(float(s)), nargs="+",
-                        default=[100_000, 1_000_000], help="update sizes (e.g. 1e5 1e6)")
-    parser.add_argument("--repeats", type=int, default=9, help="timed rounds per size")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed rounds per size")
-    parser.add_argument("--clients", type=int, default=4, help="client processes")
+    parser.add_argument("--processes", type=int, default=4, help="client processes (1..4: at most 5 in all)")
+    parser.add_argument("--repeats", type=int, default=7, help="timed rounds per case")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds per case")
+    parser.add_argument("--quick", action="store_true", help="3 repeats, no n=100 cases")
     args = parser.parse_args(argv)
-    if args.clients < 1 or args.clients > 4:
-        parser.error(f"--clients must be in [1, 4] (at most 5 processes), got {args.clients}")
-    if min(args.dims) < 1:
-        parser.error(f"--dims must all be >= 1, got {args.dims}")
+    if not 1 <= args.processes <= 4:
+        parser.error(f"--processes must be in [1, 4] (at most 5 processes), got {args.processes}")
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
-    world = args.clients + 1
+    listed = cases(args.processes)
+    repeats = 3 if args.quick else args.repeats
+    if args.quick:
+        listed = [c for c in listed if c.clients <= 16]
+    world = args.processes + 1
     mp.get_context("forkserver").set_forkserver_preload(["torch", "fedsim.secure_sum"])
     with tempfile.TemporaryDirectory() as out_dir:
         mp.start_processes(
             _worker,
-            args=(world, _free_port(), args.dims, args.repeats, args.warmup, out_dir),
+            args=(world, _free_port(), listed, repeats, args.warmup, out_dir),
             nprocs=world,
             join=True,
             start_method="forkserver",
         )
         results = torch.load(Path(out_dir) / "results.pt", weights_only=False)
-    print(_report(results, args.clients))
+    print(_report(results, args.processes, repeats))
 
 
 if __name__ == "__main__":

@@ -121,7 +121,18 @@ def run(
     optimizer: Optional[str] = typer.Option(None, help="adamw or sgd (plain SGD, useful to see clipping at work)." + default("optimizer")),
     max_length: Optional[int] = typer.Option(None, help="Text: tokens per example (pad/truncate)." + default("max_length")),
     secagg_clip_range: Optional[float] = typer.Option(None, help="Secure aggregation: each update coordinate is clipped to ±R before fixed-point encoding." + default("secagg_clip_range")),
-    timeout: Optional[float] = typer.Option(None, help="Seconds a rank waits for a collective before the run fails." + default("timeout_s")),
+    secagg_threshold: Optional[str] = typer.Option(None, help="Shamir threshold t: how many holders must help to rebuild a dropped client's mask key or a survivor's self-mask seed. A count (3) or a fraction of each neighbourhood (0.6). Above the collusion bound, below the expected survivors. Default: the largest safe honest majority for the dropout rate and collusion bound."),
+    secagg_graph: Optional[str] = typer.Option(None, help="Who masks with whom: full (every pair, Bonawitz et al. 2017: O(n) work per client) or sparse (a random k-regular graph, SecAgg+, Bell et al. 2020: O(log n))." + default("secagg_graph")),
+    secagg_neighbours: Optional[int] = typer.Option(None, help="SecAgg+ degree k (even) for --secagg-graph sparse. Default: the smallest k that keeps colluders below t and the survivors connected."),
+    secagg_modulus_bits: Optional[int] = typer.Option(None, help="Ring Z_(2^k) of the masked sums: 32 or 64 (more headroom for large cohorts or clip ranges, twice the traffic)." + default("secagg_modulus_bits")),
+    secagg_collusion: Optional[str] = typer.Option(None, help="Clients that may collude with the server: a count (2) or a fraction of the cohort (0.2). The threshold must exceed it." + default("secagg_collusion")),
+    secagg_max_abort_probability: Optional[float] = typer.Option(None, help="Accepted chance that a round aborts for lack of survivors; small cohorts with dropouts need more than the default 2^-20."),
+    secagg_timeout: Optional[float] = typer.Option(None, help="Seconds the server waits for a client process's reply to one protocol stage; a process that misses it is dropped for the rest of the run." + default("secagg_timeout_s")),
+    secagg_consistency_check: Optional[bool] = typer.Option(None, "--secagg-consistency-check/--no-secagg-consistency-check", help="Add the ConsistencyCheck stage: clients sign the survivor set (Ed25519) so a server that lies about who dropped is caught."),
+    dropout_rate: Optional[float] = typer.Option(None, help="Inject dropouts: at each stage in --dropout-stages each client still in the round goes silent with this probability (seeded by --seed). The protocol's threshold is chosen to tolerate it." + default("dropout_rate")),
+    dropout_stages: Optional[str] = typer.Option(None, help="Comma-separated protocol stages where --dropout-rate applies: AdvertiseKeys, ShareKeys, MaskedInputCollection, ConsistencyCheck, Unmasking (default: all)."),
+    drop: Optional[list[str]] = typer.Option(None, "--drop", help="Inject one dropout exactly: ROUND:STAGE:CLIENT[,CLIENT...], e.g. 2:MaskedInputCollection:3. Repeatable; adds to dropout_schedule of --config."),
+    timeout: Optional[float] = typer.Option(None, help="Seconds the server waits for a client process's local training (and ranks wait at start-up) before dropping it or failing." + default("timeout_s")),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads per process." + default('threads_per_process')),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", "-o", help="Output directory (default runs/<time>-<methods>); must not hold a previous run."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log protocol details."),
@@ -142,7 +153,7 @@ def run(
 
     Outputs go to --run-dir; `fedsim budget show RUN_DIR` re-derives every ε from its ledger.
     """
-    from fedsim.config import ConfigError, build_config, load_config_file
+    from fedsim.config import ConfigError, build_config, load_config_file, parse_count_or_fraction, parse_drops
     from fedsim.launch import LaunchError, configure_process_logging, launch_local, launch_torchrun
     from fedsim.preflight import preflight
     from fedsim.runtime import torchrun_world_size, under_torchrun
@@ -156,6 +167,7 @@ def run(
             if clients is not None and clients != world_clients:
                 raise ConfigError("clients", clients, f"WORLD_SIZE - 1 = {world_clients} under torchrun")
             clients = world_clients
+        schedule = parse_drops(drop, file_values.get("dropout_schedule", {})) if drop else None
         config = build_config(
             file_values,
             methods=methods, dataset=dataset, model=model, pretrained=pretrained, img_size=img_size,
@@ -164,6 +176,12 @@ def run(
             head_lr=head_lr, b_lr_ratio=b_lr_ratio, smoothing=smoothing, lora_rank=lora_rank,
             partition=partition, dirichlet_alpha=dirichlet_alpha, seed=seed, eval_every=eval_every,
             optimizer=optimizer, max_length=max_length, secagg_clip_range=secagg_clip_range, timeout_s=timeout,
+            secagg_threshold=parse_count_or_fraction("secagg_threshold", secagg_threshold),
+            secagg_graph=secagg_graph, secagg_neighbours=secagg_neighbours, secagg_modulus_bits=secagg_modulus_bits,
+            secagg_collusion=parse_count_or_fraction("secagg_collusion", secagg_collusion),
+            secagg_max_abort_probability=secagg_max_abort_probability, secagg_timeout_s=secagg_timeout,
+            secagg_consistency_check=secagg_consistency_check, dropout_rate=dropout_rate,
+            dropout_stages=dropout_stages, dropout_schedule=schedule,
             threads_per_process=threads, run_dir=str(run_dir) if run_dir else None,
         )
         preflight(config)
@@ -184,9 +202,23 @@ def run(
     except (LaunchError, RuntimeError, ValueError) as exc:
         fail(str(exc), code=1)
     if is_server:
+        warn_about_faults(summaries)
         console.print(summary_table(summaries, config.delta))
         console.print(f"curves: {plot_run(out, summaries)}   budget: fedsim budget show {out}")
         typer.echo(json.dumps({"run_dir": str(out), "results": [s.to_dict() for s in summaries]}))
+
+
+def warn_about_faults(summaries) -> None:
+    """Name the client processes dropped during the run and count aborted rounds."""
+    dropped = summaries[-1].dropped_processes if summaries else {}
+    for rank, reason in sorted(dropped.items()):
+        console.print(f"[bold yellow]warning:[/] client process rank {rank} was dropped: {escape(reason)}")
+    for s in summaries:
+        if s.aborted_rounds:
+            console.print(
+                f"[bold yellow]warning:[/] {s.method}: {s.aborted_rounds} of {s.rounds} rounds aborted "
+                f"(global model unchanged; see aborted/abort_reason in {escape(s.run_dir)}/metrics.jsonl)"
+            )
 
 
 def make_progress(enabled: bool) -> Progress:

@@ -14,9 +14,12 @@ import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 METHODS = ("la-lora", "dp-lora", "ffa-lora")
+SECAGG_GRAPHS = ("full", "sparse")
+SECAGG_MODULUS_BITS = (32, 64)
+DROPOUT_STAGES = ("AdvertiseKeys", "ShareKeys", "MaskedInputCollection", "ConsistencyCheck", "Unmasking")
 PARTITIONS = ("iid", "dirichlet")
 OPTIMIZERS = ("adamw", "sgd")
 BUNDLED_TEXT_MODEL = "all-MiniLM-L6-v2"
@@ -66,8 +69,20 @@ class RunConfig:
     noise_multiplier: float = 1.0
     max_grad_norm: float = 1.0
     delta: float = 1e-5
-    # Secure aggregation.
+    # Secure aggregation (Bonawitz et al. 2017; SecAgg+ graph: Bell et al. 2020).
     secagg_clip_range: float = 1.0
+    secagg_modulus_bits: int = 32
+    secagg_graph: str = "full"
+    secagg_neighbours: int | None = None
+    secagg_threshold: int | float | None = None
+    secagg_collusion: int | float = 0
+    secagg_max_abort_probability: float = 2.0**-20
+    secagg_timeout_s: float = 60.0
+    secagg_consistency_check: bool = False
+    # Injected dropouts (real ones need no setting: a process that dies or stays silent is dropped).
+    dropout_rate: float = 0.0
+    dropout_stages: tuple[str, ...] = DROPOUT_STAGES
+    dropout_schedule: Mapping[int, Mapping[str, tuple[int, ...]]] = field(default_factory=dict)
     # Runtime.
     seed: int = 0
     eval_every: int = 4
@@ -76,6 +91,9 @@ class RunConfig:
     run_dir: str | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.dropout_stages, (list, str)):
+            object.__setattr__(self, "dropout_stages", parse_stages(self.dropout_stages))
+        object.__setattr__(self, "dropout_schedule", parse_dropout_schedule(self.dropout_schedule))
         validate(self)
 
     @property
@@ -88,10 +106,21 @@ class RunConfig:
         """Server rank plus one rank per client."""
         return self.num_clients + 1
 
+    @property
+    def secagg_dropout_probability(self) -> float:
+        """Probability that a client drops somewhere in a round at the injected per-stage rate
+        (over the stages the run has: ConsistencyCheck only when it is on)."""
+        stages = [s for s in self.dropout_stages if s != "ConsistencyCheck" or self.secagg_consistency_check]
+        return 1.0 - (1.0 - self.dropout_rate) ** len(stages)
+
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["methods"] = list(self.methods)
         data["model_kwargs"] = dict(self.model_kwargs)
+        data["dropout_stages"] = list(self.dropout_stages)
+        data["dropout_schedule"] = {
+            str(r): {stage: list(ids) for stage, ids in stages.items()} for r, stages in self.dropout_schedule.items()
+        }
         return data
 
     def to_json(self) -> str:
@@ -160,6 +189,34 @@ def validate(config: RunConfig) -> None:
     _check(_is_real(c.max_grad_norm) and 0 < c.max_grad_norm <= 1e6, "max_grad_norm", c.max_grad_norm, "a number in (0, 1e6]")
     _check(_is_real(c.delta) and 0 < c.delta < 1, "delta", c.delta, "a number in (0, 1)")
     _check(_is_real(c.secagg_clip_range) and 0 < c.secagg_clip_range <= 1e4, "secagg_clip_range", c.secagg_clip_range, "a number in (0, 1e4]")
+    _check(c.secagg_modulus_bits in SECAGG_MODULUS_BITS and _is_int(c.secagg_modulus_bits), "secagg_modulus_bits", c.secagg_modulus_bits, f"one of {SECAGG_MODULUS_BITS}")
+    _check(c.secagg_graph in SECAGG_GRAPHS, "secagg_graph", c.secagg_graph, f"one of {SECAGG_GRAPHS}")
+    _check(
+        c.secagg_neighbours is None or (_is_int(c.secagg_neighbours) and c.secagg_neighbours >= 2 and c.secagg_neighbours % 2 == 0),
+        "secagg_neighbours", c.secagg_neighbours, "None (chosen for the cohort) or an even integer >= 2",
+    )
+    _check(c.secagg_neighbours is None or c.secagg_graph == "sparse", "secagg_neighbours", c.secagg_neighbours, "None unless secagg_graph = 'sparse'")
+    _check(
+        c.secagg_threshold is None
+        or (_is_int(c.secagg_threshold) and c.secagg_threshold >= 1)
+        or (isinstance(c.secagg_threshold, float) and 0 < c.secagg_threshold <= 1),
+        "secagg_threshold", c.secagg_threshold, "None (chosen for the cohort), a count >= 1, or a fraction in (0, 1] of each neighbourhood",
+    )
+    _check(
+        (_is_int(c.secagg_collusion) and c.secagg_collusion >= 0) or (isinstance(c.secagg_collusion, float) and 0 <= c.secagg_collusion < 1),
+        "secagg_collusion", c.secagg_collusion, "a count >= 0 of clients colluding with the server, or a fraction in [0, 1) of the cohort",
+    )
+    _check(
+        _is_real(c.secagg_max_abort_probability) and 0 < c.secagg_max_abort_probability < 1,
+        "secagg_max_abort_probability", c.secagg_max_abort_probability, "a probability in (0, 1)",
+    )
+    _check(_is_real(c.secagg_timeout_s) and 0.1 <= c.secagg_timeout_s <= 86_400, "secagg_timeout_s", c.secagg_timeout_s, "seconds in [0.1, 86400]")
+    _check(isinstance(c.secagg_consistency_check, bool), "secagg_consistency_check", c.secagg_consistency_check, "true or false")
+    _check(_is_real(c.dropout_rate) and 0 <= c.dropout_rate < 1, "dropout_rate", c.dropout_rate, "a probability in [0, 1) per stage")
+    _check(
+        len(c.dropout_stages) > 0 and all(s in DROPOUT_STAGES for s in c.dropout_stages) and len(set(c.dropout_stages)) == len(c.dropout_stages),
+        "dropout_stages", c.dropout_stages, f"a non-empty list of distinct stages from {DROPOUT_STAGES}",
+    )
     _check(_is_int(c.seed) and 0 <= c.seed < 2**63, "seed", c.seed, "an integer in [0, 2^63)")
     _check(_is_int(c.eval_every) and c.eval_every >= 1, "eval_every", c.eval_every, "an integer >= 1")
     _check(_is_int(c.threads_per_process) and 1 <= c.threads_per_process <= 256, "threads_per_process", c.threads_per_process, "an integer in [1, 256]")
@@ -190,6 +247,55 @@ def parse_methods(value: Any) -> tuple[str, ...]:
     if isinstance(value, (list, tuple)):
         return tuple(value)
     raise ConfigError("methods", value, "a comma-separated string or a list of method names")
+
+
+def parse_stages(value: Any) -> tuple[str, ...]:
+    """Accept "ShareKeys,Unmasking", ["ShareKeys", "Unmasking"] or a tuple."""
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    if isinstance(value, (list, tuple)):
+        return tuple(value)
+    raise ConfigError("dropout_stages", value, f"a comma-separated string or a list drawn from {DROPOUT_STAGES}")
+
+
+def parse_dropout_schedule(value: Any) -> dict[int, dict[str, tuple[int, ...]]]:
+    """Normalise ``{round: {stage: [client ids]}}`` (TOML and JSON give string round keys)."""
+    allowed = "a table {round: {stage: [client ids]}} with rounds >= 1, stages from " + str(DROPOUT_STAGES) + " and client ids >= 1"
+    _check(isinstance(value, Mapping), "dropout_schedule", value, allowed)
+    schedule: dict[int, dict[str, tuple[int, ...]]] = {}
+    for round_key, stages in value.items():
+        round_idx = int(round_key) if isinstance(round_key, str) and round_key.isdigit() else round_key
+        _check(_is_int(round_idx) and round_idx >= 1 and isinstance(stages, Mapping), "dropout_schedule", {round_key: stages}, allowed)
+        schedule[round_idx] = {}
+        for stage, ids in stages.items():
+            ok = stage in DROPOUT_STAGES and isinstance(ids, (list, tuple)) and all(_is_int(i) and i >= 1 for i in ids)
+            _check(ok, "dropout_schedule", {round_key: {stage: ids}}, allowed)
+            schedule[round_idx][stage] = tuple(sorted(set(ids)))
+    return schedule
+
+
+def parse_drops(specs: Sequence[str], base: Any = None) -> dict[int, dict[str, tuple[int, ...]]]:
+    """``base`` (a ``dropout_schedule``) plus the ``--drop ROUND:STAGE:ID[,ID...]`` command-line entries."""
+    schedule: dict[int, dict[str, list[int]]] = {
+        r: {stage: list(ids) for stage, ids in stages.items()} for r, stages in parse_dropout_schedule(base or {}).items()
+    }
+    for spec in specs:
+        parts = spec.split(":")
+        ok = len(parts) == 3 and parts[0].isdigit() and all(p.strip().isdigit() for p in parts[2].split(","))
+        _check(ok, "drop", spec, "ROUND:STAGE:CLIENT[,CLIENT...], e.g. 2:MaskedInputCollection:3")
+        ids = [int(p) for p in parts[2].split(",")]
+        schedule.setdefault(int(parts[0]), {}).setdefault(parts[1], []).extend(ids)
+    return parse_dropout_schedule(schedule)
+
+
+def parse_count_or_fraction(field_name: str, text: str | None) -> int | float | None:
+    """A command-line count ("3") or fraction ("0.5") for ``secagg_threshold`` / ``secagg_collusion``."""
+    if text is None:
+        return None
+    try:
+        return int(text) if text.strip().isdigit() else float(text)
+    except ValueError:
+        raise ConfigError(field_name, text, "a count (e.g. 3) or a fraction (e.g. 0.5)") from None
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

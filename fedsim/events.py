@@ -6,13 +6,20 @@ Library code never prints; the CLI passes an :class:`Observer` to render progres
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Protocol
 
 
 @dataclass(frozen=True)
 class RoundMetrics:
-    """One row of ``metrics.jsonl``. ``accuracy``/``loss`` are None on rounds not evaluated."""
+    """One row of ``metrics.jsonl``. ``accuracy``/``loss`` are None on rounds not evaluated.
+
+    ``clients``: clients that trained and reported (each has a ledger record this round);
+    ``survivors``: clients whose update is in the applied mean (0 when ``aborted``);
+    ``dropped``: per stage ("LocalTraining" or a protocol stage), the clients lost there;
+    ``aborted``: the secure sum did not complete, the global model is unchanged, and
+    ``abort_reason`` says why.
+    """
 
     method: str
     round: int
@@ -22,6 +29,10 @@ class RoundMetrics:
     delta: float
     clients: int
     seconds: float
+    survivors: int = 0
+    dropped: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    aborted: bool = False
+    abort_reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -29,7 +40,10 @@ class RoundMetrics:
 
 @dataclass(frozen=True)
 class MethodSummary:
-    """The outcome of one method: what the final table shows, also saved as summary.json."""
+    """The outcome of one method: what the final table shows, also saved as summary.json.
+
+    ``dropped_processes``: client processes dropped so far in the run (rank: why).
+    """
 
     method: str
     rounds: int
@@ -41,6 +55,8 @@ class MethodSummary:
     delta: float
     run_dir: str
     seconds: float
+    aborted_rounds: int = 0
+    dropped_processes: Mapping[int, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -2,14 +2,29 @@
 
 Per method, per round (DESIGN.md, "One round"):
 
-1. the server broadcasts the global values of the factors this method sends;
-2. every client runs K local DP-SGD steps (:class:`~fedsim.client.LocalClient`);
-3. the clients' updates are summed under pairwise masks (:mod:`fedsim.secure_sum`): the
-   server only ever holds masked vectors and their sum;
-4. the server applies the mean update, appends one ledger record per client (the mechanism
-   the client ran), composes each client's ε with the PRV accountant, evaluates on schedule
-   and writes ``metrics.jsonl``; it checkpoints the adapter with peft every round, so a
-   crash loses at most the round in flight.
+1. the server sends every live client process the global values of the factors this
+   method sends (a ROUND frame, point to point: :mod:`fedsim.relay`);
+2. the secure sum starts (:mod:`fedsim.secure_sum`): its key stages (AdvertiseKeys,
+   ShareKeys) need no data and run first; when MaskedInputCollection asks for a client's
+   input, the client runs K local DP-SGD steps (:class:`~fedsim.client.LocalClient`),
+   reports the mechanism it ran (a REPORT frame) and sends its masked update. The server
+   only ever holds masked vectors and their sum; clients may drop out at any stage, and
+   the sum is the survivors';
+3. if the sum completed, the server applies the survivors' mean update; if it aborted
+   (too few survivors), the global model stays as it was and the abort is recorded.
+   Either way it appends one ledger record per client that reported (local training
+   spent privacy whatever became of the update; a client that left before it was asked
+   for input did not train), composes each client's ε with the PRV accountant, evaluates
+   on schedule and writes ``metrics.jsonl``; it checkpoints the adapter with peft every
+   round, so a crash loses at most the round in flight. A client whose process dies
+   before its report has no record: the server cannot know what it ran, and nothing of
+   its data left the process.
+
+Faults: a client process that dies, stays silent past a deadline or sends something
+malformed is dropped for the rest of the run (with all its clients) and the run goes on
+with the others. When too few are left for the protocol, the run stops with
+:class:`TooFewClients`; every completed round's files are already written. Nothing waits
+on a dropped process: there is no collective after start-up.
 """
 
 from __future__ import annotations
@@ -24,7 +39,6 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
-import torch.distributed as dist
 
 from accounting import (
     METHOD_NONE,
@@ -41,11 +55,22 @@ from fedsim.config import RunConfig
 from fedsim.data import DatasetSplits, load_dataset, partition, prepare_images, subset
 from fedsim.evaluation import evaluate
 from fedsim.events import MethodSummary, NullObserver, Observer, RoundMetrics
+from fedsim.framing import Frame, FrameError, Kind, pack_ids, unpack_ids
 from fedsim.models import ModelSpec, build_model, build_tokenizer, factor_parameters, tokenize
+from fedsim.relay import ClientRelay, Evicted, ServerRelay
 from fedsim.rundir import ADAPTER_DIR, LEDGER_FILE, METRICS_FILE, SUMMARY_FILE, method_run_dir
 from fedsim.runtime import SERVER_RANK, World
-from fedsim.secure_sum import SecureSumConfig, client_secure_sum, server_secure_sum
+from fedsim.secure_sum import (
+    SecureSumConfig,
+    client_secure_sum,
+    dropout_plan,
+    reply_limit,
+    secure_sum_config,
+    server_secure_sum,
+)
 from fedsim.state import add_flat, assign_flat, flatten
+from fedsim.wire import pack_report, pack_vector, unpack_report, unpack_vector
+from secagg.params import SESSION_BYTES
 
 logger = logging.getLogger(__name__)
 
@@ -86,55 +111,84 @@ def all_factor_params(factors: Mapping[str, Mapping[str, torch.nn.Parameter]]) -
     return {name: p for named in factors.values() for name, p in named.items()}
 
 
+class TooFewClients(RuntimeError):
+    """Too few clients are left for the secure-aggregation protocol to run another round."""
+
+
 def run_rank(config: RunConfig, world: World, observer: Observer | None = None, run_dir: Path | None = None) -> list[MethodSummary]:
-    """Run every method of ``config`` on this rank; the server returns the summaries."""
+    """Run every method of ``config`` on this rank; the server returns the summaries.
+
+    A client process that the server drops returns normally (it logs why).
+    """
     torch.set_num_threads(config.threads_per_process)
     observer = observer or NullObserver()
     data = load_dataset(config.dataset, seed=config.seed, limit=config.limit)
     task = Task(model_spec(config, len(data.train.classes)), data)
+    if world.is_server:
+        assert run_dir is not None, "the server needs a run directory"
+        return serve_run(config, world, task, run_dir, observer)
+    participate_run(config, world, task)
+    return []
+
+
+def build_method(task: Task, method_name: str, world: World) -> tuple[Method, torch.nn.Module, dict]:
+    """A fresh model of the task for one method (same seed on every rank) and its LoRA factors."""
+    method = get_method(method_name)
+    model = build_model(task.spec).to(world.device)
+    return method, model, factor_parameters(model)
+
+
+def serve_run(config: RunConfig, world: World, task: Task, run_dir: Path, observer: Observer) -> list[MethodSummary]:
+    """The server rank: one :func:`serve` per method, then FINISH to the live client processes.
+
+    Whatever happens, the relay is closed with bounded waits only.
+    """
+    relay = ServerRelay(world.relay_group, range(1, world.world_size), max_body_bytes=1 << 20)
     summaries = []
-    for method_name in config.methods:
-        method = get_method(method_name)
-        model = build_model(task.spec).to(world.device)
-        factors = factor_parameters(model)
-        if world.is_server:
-            assert run_dir is not None, "the server needs a run directory"
+    try:
+        for method_name in config.methods:
+            method, model, factors = build_method(task, method_name, world)
             out = method_run_dir(run_dir, config.methods, method_name)
-            summaries.append(serve(config, world, task, method, model, factors, out, observer))
-        else:
-            participate(config, world, task, method, model, factors)
-        dist.barrier(group=world.control_group)
+            summaries.append(serve(config, relay, world, task, method, model, factors, out, observer))
+    except BaseException as exc:
+        relay.close(f"the server stopped the run: {exc}", timeout_s=10.0)
+        raise
+    relay.close("the run is complete", timeout_s=min(60.0, config.timeout_s))
     return summaries
 
 
-def broadcast_vector(vector: torch.Tensor, world: World) -> torch.Tensor:
-    """Broadcast a float32 vector from the server over the tensor group (NCCL on GPU)."""
-    on_device = vector.to(world.device)
-    dist.broadcast(on_device, src=SERVER_RANK, group=world.tensor_group)
-    return on_device
+def participate_run(config: RunConfig, world: World, task: Task) -> None:
+    """A client rank: one :func:`participate` per method, until the server says FINISH.
+
+    If the server drops this process it leaves quietly (the server logged why); any
+    other failure is sent to the server (FAIL) before it propagates.
+    """
+    relay = ClientRelay(world.relay_group, SERVER_RANK, timeout_s=2 * config.timeout_s)
+    try:
+        for method_name in config.methods:
+            method, model, factors = build_method(task, method_name, world)
+            participate(config, relay, world, task, method, model, factors)
+        relay.receive(Kind.FINISH)
+    except Evicted as exc:
+        logger.warning("rank %d leaves: %s", world.rank, exc)
+        relay.close()
+        return
+    except BaseException as exc:
+        relay.close(failure=f"{type(exc).__name__}: {exc}")
+        raise
+    relay.close()
 
 
-def broadcast_session(world: World) -> bytes:
-    """The server draws a fresh 16-byte session id per method; every rank learns it."""
-    box = [os.urandom(16) if world.is_server else None]
-    dist.broadcast_object_list(box, src=SERVER_RANK, group=world.control_group)
-    return box[0]
-
-
-def sync_initial_state(world: World, factors: Mapping[str, Mapping[str, torch.nn.Parameter]]) -> None:
-    """Make every rank start from the server's factors (seeded init, but never trusted)."""
+def participate(config: RunConfig, relay: ClientRelay, world: World, task: Task, method: Method, model, factors) -> None:
+    """A client process: each round, train the hosted clients asked to and send masked updates."""
+    setup = relay.receive(Kind.SETUP)
     params = all_factor_params(factors)
-    names = sorted(params)
-    vector = flatten(params, names) if world.is_server else torch.empty(sum(params[n].numel() for n in names))
-    vector = broadcast_vector(vector, world)
-    if not world.is_server:
-        assign_flat(params, names, vector)
-
-
-def participate(config: RunConfig, world: World, task: Task, method: Method, model, factors) -> None:
-    """A client rank: train locally each round and send the masked update."""
-    session = broadcast_session(world)
-    sync_initial_state(world, factors)
+    all_names = sorted(params)
+    session = bytes(setup.entries.get(0, b""))
+    if len(session) != SESSION_BYTES:
+        raise FrameError(f"SETUP carries a {len(session)}-byte session id, expected {SESSION_BYTES}")
+    dim_all = sum(params[n].numel() for n in all_names)
+    assign_flat(params, all_names, unpack_vector(setup.entries.get(1, b""), dim_all, "initial state"))
     client_id = world.rank
     shards = partition(
         task.data.train.labels.numpy(),
@@ -156,22 +210,29 @@ def participate(config: RunConfig, world: World, task: Task, method: Method, mod
         device=world.device,
     )
     dim = sum(client.params[n].numel() for n in client.sent_names)
-    secagg = SecureSumConfig(clip_range=config.secagg_clip_range)
+    secagg = secure_sum_config(config)
+    dropouts = dropout_plan(config)
     rounding = secret_generator(torch.device("cpu"))  # stochastic rounding in the fixed-point encoding
-    for round_idx in range(1, config.rounds + 1):
-        global_vector = broadcast_vector(torch.empty(dim), world)
-        update, report = client.train_round(global_vector, config.local_steps)
+    while (frame := relay.receive(Kind.ROUND, Kind.DONE)).kind == Kind.ROUND:
+        global_vector = unpack_vector(frame.entries.get(0, b""), dim, f"round {frame.round} global state")
+        selected = unpack_ids(frame.entries.get(1, b""), "clients to train")
+
+        def train(client_ids: list[int], round_idx: int = frame.round) -> dict[int, torch.Tensor]:
+            """Local training of the clients the protocol asks for input, then their REPORT."""
+            updates, reports = {}, {}
+            for cid in client_ids:
+                if cid != client_id:
+                    raise FrameError(f"the server asked for the input of client {cid}, not hosted here")
+                update, report = client.train_round(global_vector.to(world.device), config.local_steps)
+                updates[cid] = update.cpu()
+                reports[cid] = pack_report(report)
+            relay.send(Frame(Kind.REPORT, round_idx, entries=reports))
+            return updates
+
         client_secure_sum(
-            update.cpu(),
-            client_id=client_id,
-            round_idx=round_idx,
-            session=session,
-            num_clients=world.num_clients,
-            config=secagg,
-            generator=rounding,
-            group=world.control_group,
+            relay, selected, train, session=session, round_idx=frame.round, dim=dim,
+            config=secagg, generator=rounding, dropouts=dropouts,
         )
-        dist.gather_object(report, None, dst=SERVER_RANK, group=world.control_group)
 
 
 def save_adapter(model, path: Path) -> None:
@@ -202,17 +263,31 @@ class EpsilonCache:
         return self._cache[key]
 
 
-def serve(config: RunConfig, world: World, task: Task, method: Method, model, factors, out: Path, observer: Observer) -> MethodSummary:
-    """The server rank: broadcast, securely sum, update, account, evaluate, record."""
+def serve(
+    config: RunConfig,
+    relay: ServerRelay,
+    world: World,
+    task: Task,
+    method: Method,
+    model,
+    factors,
+    out: Path,
+    observer: Observer,
+) -> MethodSummary:
+    """The server for one method: send, securely sum, update, account, evaluate, record."""
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     ledger = Ledger(out / LEDGER_FILE)
     metrics_path = out / METRICS_FILE
-    session = broadcast_session(world)
-    sync_initial_state(world, factors)
+    session = os.urandom(SESSION_BYTES)  # fresh per method: no message replays across methods
     params = all_factor_params(factors)
+    setup = Frame(Kind.SETUP, entries={0: session, 1: pack_vector(flatten(params, sorted(params)))})
+    for rank in relay.live:
+        relay.send(rank, setup)
     names = method.sent_names(factors)
-    secagg = SecureSumConfig(clip_range=config.secagg_clip_range)
+    dim = sum(params[n].numel() for n in names)
+    secagg = secure_sum_config(config)
+    relay.set_max_body_bytes(reply_limit(dim, cohort=world.num_clients, hosted=1))
     test_inputs = model_inputs(task, task.data.test, config)
     test_labels = task.data.test.labels
     initial_accuracy, loss = evaluate(model, test_inputs, test_labels, device=world.device)
@@ -220,21 +295,29 @@ def serve(config: RunConfig, world: World, task: Task, method: Method, model, fa
     records: list[LedgerRecord] = []
     epsilons = EpsilonCache(config.delta)
     worst = EpsilonBound(0.0, 0.0, 0.0, config.delta, METHOD_NONE)  # nothing released yet
+    aborted_rounds = 0
     observer.method_started(method.name, config.rounds)
     for round_idx in range(1, config.rounds + 1):
         round_start = time.perf_counter()
-        broadcast_vector(flatten(params, names), world)
-        total = server_secure_sum(
-            dim=sum(params[n].numel() for n in names),
-            round_idx=round_idx,
-            session=session,
-            num_clients=world.num_clients,
-            config=secagg,
-            group=world.control_group,
+        hosts = {rank: (rank,) for rank in relay.live}  # one client per process
+        require_enough_clients(secagg, hosts, relay, round_idx)
+        vector = pack_vector(flatten(params, names))
+        for rank, clients in hosts.items():
+            relay.send(rank, Frame(Kind.ROUND, round_idx, entries={0: vector, 1: pack_ids(clients)}))
+        reports: dict[int, RoundReport] = {}
+
+        def await_training(ranks: list[int], round_idx: int = round_idx) -> None:
+            """Clients train when asked for their masked input: wait (timeout_s) for their reports."""
+            reports.update(gather_reports(relay, {r: hosts[r] for r in ranks}, round_idx, config.local_steps, config.timeout_s))
+
+        cohort = tuple(sorted(c for ids in hosts.values() for c in ids))
+        result = server_secure_sum(
+            relay, hosts, session=session, round_idx=round_idx, cohort=cohort, dim=dim, config=secagg,
+            before_input=await_training,
         )
-        reports: list[RoundReport | None] = [None] * world.world_size
-        dist.gather_object(None, reports, dst=SERVER_RANK, group=world.control_group)
-        add_flat(params, names, total / world.num_clients)
+        outcome = result.outcome
+        if result.mean is not None:
+            add_flat(params, names, result.mean)
         new_records = [
             LedgerRecord(
                 round=round_idx,
@@ -242,12 +325,13 @@ def serve(config: RunConfig, world: World, task: Task, method: Method, model, fa
                 mechanism=PoissonSubsampledGaussian(r.noise_multiplier, r.sample_rate, r.steps),
                 delta=config.delta,
             )
-            for r in reports[1:]
+            for r in sorted(reports.values(), key=lambda r: r.client)
         ]
         ledger.append(new_records)
         records.extend(new_records)
         histories = client_mechanisms(records)
-        worst = max((epsilons.bound(h) for h in histories.values()), key=lambda b: b.upper)
+        if histories:
+            worst = max((epsilons.bound(h) for h in histories.values()), key=lambda b: b.upper)
         evaluated = round_idx % config.eval_every == 0 or round_idx == config.rounds
         if evaluated:
             accuracy, loss = evaluate(model, test_inputs, test_labels, device=world.device)
@@ -260,11 +344,18 @@ def serve(config: RunConfig, world: World, task: Task, method: Method, model, fa
             delta=config.delta,
             clients=len(new_records),
             seconds=time.perf_counter() - round_start,
+            survivors=len(outcome.survivors),
+            dropped=dict(outcome.dropped),
+            aborted=outcome.aborted,
+            abort_reason=outcome.abort_reason,
         )
+        aborted_rounds += outcome.aborted
         with metrics_path.open("a") as handle:
             handle.write(json.dumps(row.to_dict()) + "\n")
         save_adapter(model, out / ADAPTER_DIR)
         observer.round_finished(row)
+    for rank in relay.live:
+        relay.send(rank, Frame(Kind.DONE))
     summary = MethodSummary(
         method=method.name,
         rounds=config.rounds,
@@ -276,7 +367,38 @@ def serve(config: RunConfig, world: World, task: Task, method: Method, model, fa
         delta=config.delta,
         run_dir=str(out),
         seconds=time.perf_counter() - started,
+        aborted_rounds=aborted_rounds,
+        dropped_processes=dict(relay.dropped),
     )
     (out / SUMMARY_FILE).write_text(json.dumps(summary.to_dict(), indent=2))
     observer.method_finished(summary)
     return summary
+
+
+def require_enough_clients(secagg: SecureSumConfig, hosts: Mapping[int, Sequence[int]], relay: ServerRelay, round_idx: int) -> None:
+    """Raise :class:`TooFewClients` unless the live processes' clients can run the protocol."""
+    count = sum(len(ids) for ids in hosts.values())
+    try:
+        secagg.shape(count)
+    except ValueError as exc:
+        lost = "; ".join(f"rank {rank}: {why}" for rank, why in relay.dropped.items()) or "none"
+        raise TooFewClients(
+            f"round {round_idx} cannot run: {count} client(s) left on live processes and the secure "
+            f"aggregation protocol refuses them ({exc}). Dropped processes: {lost}"
+        ) from None
+
+
+def gather_reports(
+    relay: ServerRelay, hosts: Mapping[int, Sequence[int]], round_idx: int, max_steps: int, timeout_s: float
+) -> dict[int, RoundReport]:
+    """Each live process's REPORT (what its clients ran); a malformed one drops the process."""
+    reports: dict[int, RoundReport] = {}
+    for rank, frame in relay.gather(list(hosts), Kind.REPORT, round_idx, "", timeout_s).items():
+        try:
+            foreign = sorted(set(frame.entries) - set(hosts[rank]))
+            if foreign:
+                raise FrameError(f"reports for clients {foreign} it does not host")
+            reports.update({cid: unpack_report(data, cid, max_steps) for cid, data in frame.entries.items()})
+        except FrameError as exc:
+            relay.drop(rank, f"malformed REPORT in round {round_idx}: {exc}")
+    return dict(sorted(reports.items()))

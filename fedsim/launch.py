@@ -5,6 +5,11 @@
 (a ``multiprocessing`` forkserver; TCP rendezvous on 127.0.0.1). Under torchrun every
 process reads RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* and runs the same code, so single- and
 multi-node launches need nothing else.
+
+A client process that dies mid-run is the server's business (it drops it and goes on,
+:mod:`fedsim.job`): the local launcher reports it as a warning when the server finished.
+Under torchrun the elastic agent stops every worker as soon as one exits non-zero, so
+there a dead client ends the run; processes the server drops while alive leave with 0.
 """
 
 from __future__ import annotations
@@ -91,25 +96,36 @@ def launch_local(config: RunConfig, run_dir: Path, observer: Observer | None = N
         finally:
             shutdown()
     except Exception as exc:
-        failed = _reap(clients, timeout_s=5.0)
+        failed = _reap(clients, timeout_s=5.0, dropped=set())
         raise LaunchError(f"the run failed on the server: {exc}" + (f"; {failed}" if failed else "")) from exc
-    failed = _reap(clients, timeout_s=60.0)
+    dropped = {rank for summary in summaries for rank in summary.dropped_processes}
+    failed = _reap(clients, timeout_s=60.0, dropped=dropped)
     if failed:
         raise LaunchError(failed)
     return summaries
 
 
-def _reap(processes: list, timeout_s: float) -> str:
-    """Join the client processes (terminating stragglers) and describe any failure."""
+def _reap(processes: list, timeout_s: float, dropped: set[int]) -> str:
+    """Join the client processes (terminating stragglers) and describe any failure.
+
+    A process the server dropped (rank in ``dropped``) is not a failure of the run: its
+    exit is logged, and it gets a few seconds, not ``timeout_s``, before it is terminated.
+    """
     problems = []
-    for process in processes:
-        process.join(timeout_s)
+    for rank, process in enumerate(processes, start=1):
+        process.join(5.0 if rank in dropped else timeout_s)
         if process.is_alive():
             process.terminate()
             process.join(5.0)
-            problems.append(f"{process.name} did not finish and was terminated")
+            problem = f"{process.name} did not finish and was terminated"
         elif process.exitcode != 0:
-            problems.append(f"{process.name} exited with code {process.exitcode}")
+            problem = f"{process.name} exited with code {process.exitcode}"
+        else:
+            continue
+        if rank in dropped:
+            logger.warning("%s (the server had dropped it)", problem)
+        else:
+            problems.append(problem)
     return "; ".join(problems)
 
 

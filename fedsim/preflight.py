@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from fedsim.config import ConfigError, RunConfig
 from fedsim.data import load_dataset, partition
-from fedsim.secure_sum import SecureSumConfig
+from fedsim.secure_sum import secure_sum_config
 
 
 def check_data(config: RunConfig) -> None:
@@ -42,11 +42,48 @@ def check_model(config: RunConfig) -> None:
 
 
 def check_secure_aggregation(config: RunConfig) -> None:
-    """The fixed-point encoding has headroom for the sum of ``num_clients`` updates."""
+    """The protocol's parameters are safe for the cohort, and the encoding has headroom for its sum.
+
+    Uses the protocol's own checker (:func:`secagg.params.check_secagg_params`): the
+    threshold against the collusion bound, the sparse graph's degree against the cohort,
+    the chance that too few survive the configured dropout rate.
+    """
+    settings = secure_sum_config(config)
     try:
-        SecureSumConfig(clip_range=config.secagg_clip_range).codec(config.num_clients)
+        settings.codec(config.num_clients)
     except ValueError as exc:
-        raise ConfigError("secagg_clip_range", config.secagg_clip_range, f"a range whose cohort sum fits Z_(2^32) ({exc})") from None
+        raise ConfigError(
+            "secagg_clip_range", config.secagg_clip_range,
+            f"a range whose cohort sum fits Z_(2^{config.secagg_modulus_bits}) ({exc})",
+        ) from None
+    try:
+        settings.shape(config.num_clients)
+    except ValueError as exc:
+        field = _secagg_field(str(exc))
+        hint = (
+            f"; or accept more aborted rounds: secagg_max_abort_probability={config.secagg_max_abort_probability:.3g}"
+            if "survive" in str(exc) else ""
+        )
+        raise ConfigError(
+            field, getattr(config, field), f"parameters the protocol accepts for {config.num_clients} clients: {exc}{hint}"
+        ) from None
+    for round_idx, stages in config.dropout_schedule.items():
+        unknown = sorted({c for ids in stages.values() for c in ids if c > config.num_clients})
+        if round_idx > config.rounds or unknown:
+            raise ConfigError(
+                "dropout_schedule", {round_idx: dict(stages)},
+                f"rounds in [1, {config.rounds}] and client ids in [1, {config.num_clients}]",
+            )
+
+
+def _secagg_field(message: str) -> str:
+    """The config field a ``secagg.params`` error is about (it names its own parameter first)."""
+    for prefix, field in (("neighbours", "secagg_neighbours"), ("collusion", "secagg_collusion"),
+                          ("dropout_rate", "dropout_rate"), ("no threshold fits", "dropout_rate"),
+                          ("cohort", "num_clients")):
+        if message.startswith(prefix):
+            return field
+    return "secagg_threshold"
 
 
 def preflight(config: RunConfig) -> None:

@@ -1,9 +1,13 @@
 """torch.distributed ranks, devices and groups.
 
 Rank 0 is the server; ranks 1..W-1 are clients (DESIGN.md, "Process model"). With CUDA each
-rank uses ``cuda:LOCAL_RANK`` and tensors travel over NCCL; without it everything runs on
-gloo. Control messages (small objects, secure-aggregation traffic, which is CPU-bound
-crypto anyway) always use a gloo group.
+rank trains on ``cuda:LOCAL_RANK``; without it on the CPU.
+
+All traffic is point-to-point between the server and one client, over gloo
+(:mod:`fedsim.relay`), on GPU too: no collective over the whole world runs after start-up,
+because a collective waits for every rank and one dead client would hang it (an NCCL
+collective cannot even be abandoned). What travels is small (LoRA factors, the
+secure-aggregation messages, which are CPU-bound crypto anyway), so NCCL would buy little.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from fedsim.relay import relay_group
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +36,7 @@ class World:
     world_size: int
     local_rank: int
     device: torch.device
-    tensor_group: dist.ProcessGroup | None
-    control_group: dist.ProcessGroup | None
+    relay_group: dist.ProcessGroup
 
     @property
     def is_server(self) -> bool:
@@ -67,16 +72,18 @@ def init_world(
     init_method: str,
     timeout_s: float,
 ) -> World:
-    """Join the process group and build the gloo control group beside it."""
+    """Join the world (every rank within ``timeout_s``) and build the relay group.
+
+    The relay group's own gloo timeout never fires: the relay keeps its own deadlines
+    (:func:`fedsim.relay.relay_group`).
+    """
     device = choose_device(local_rank)
-    backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
     timeout = datetime.timedelta(seconds=timeout_s)
-    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size, timeout=timeout)
-    control = dist.new_group(backend="gloo", timeout=timeout) if backend == "nccl" else dist.group.WORLD
-    logger.debug("rank %d/%d on %s (%s)", rank, world_size, device, backend)
-    return World(rank, world_size, local_rank, device, dist.group.WORLD, control)
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world_size, timeout=timeout)
+    logger.debug("rank %d/%d on %s", rank, world_size, device)
+    return World(rank, world_size, local_rank, device, relay_group())
 
 
 def init_from_torchrun(timeout_s: float) -> World:
@@ -91,6 +98,6 @@ def init_from_torchrun(timeout_s: float) -> World:
 
 
 def shutdown() -> None:
-    """Leave the process group if this process joined one."""
+    """Leave the process group if this process joined one (gloo: no wait on other ranks)."""
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -1,389 +1,279 @@
 """Secure summation of client updates over torch.distributed, built on :mod:`secagg`.
 
-Rank 0 is the server and ranks 1..W-1 are the clients (client id = rank).  One call
-of :func:`client_secure_sum` on every client and :func:`server_secure_sum` on the
-server runs one round of the protocol of Bonawitz et al., CCS 2017, "Practical
-Secure Aggregation for Privacy-Preserving Machine Learning", Fig. 4, so far without
-dropouts (every client takes part; ShareKeys, ConsistencyCheck and the
-reconstruction of dropped clients' masks come with dropout recovery):
+fedsim's side of the protocol of Bonawitz et al., CCS 2017 ("Practical Secure Aggregation
+for Privacy-Preserving Machine Learning", Fig. 4: AdvertiseKeys, ShareKeys,
+MaskedInputCollection, optional ConsistencyCheck, Unmasking), with the sparse SecAgg+
+graph of Bell et al., CCS 2020 as an option. ``secagg.protocol`` turns each stage into
+bytes; this module
 
-- AdvertiseKeys: each client makes a fresh X25519 key pair for this round and sends
-  (client id, dim, public key) to the server, which checks the messages and
-  broadcasts the roster of (client id, public key) back (or an abort notice);
-- MaskedInputCollection: each client encodes its float update into Z_(2^32)
-  (while the server relays the keys), derives one key per peer and sends its
-  masked vector y_u to the server;
-- Unmasking: the server adds the y_u mod 2^32 (the pairwise masks cancel) and
-  decodes the sum.
+- chooses the round's parameters from the run's settings and the cohort
+  (:class:`SecureSumConfig`: threshold, graph degree, ring, collusion bound),
+- encodes each hosted client's float update with the fixed-point code (stochastic
+  rounding from a CSPRNG-seeded generator, clipping, headroom for the cohort's sum),
+- runs the stages over the relay (:mod:`fedsim.stages`: the server relays every
+  message, one frame per process per stage, deadlines, dropouts),
+- decodes the survivors' sum at the server.
 
-All calls are collective over ``group`` (all W ranks; gloo on CPU; ``None`` is the
-default group).  Messages are fixed-layout byte or int32 tensors, never pickles.
+The server never holds an unmasked update: it holds masked vectors, the shares it is
+given in Unmasking, and the sum.
 """
 
 from __future__ import annotations
 
 import logging
-import struct
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from secagg import (
-    PUBLIC_KEY_BYTES,
-    FixedPointCodec,
-    check_ring,
-    generate_private_key,
-    mask_input_,
-    pairwise_mask_key,
-    public_key_bytes,
-    unmask_sum,
-)
+from fedsim.config import RunConfig
+from fedsim.dropouts import DropoutPlan
+from fedsim.relay import ClientRelay, ServerRelay
+from fedsim.stages import RoundOutcome, client_stages, server_stages
+from secagg.encoding import FixedPointCodec, as_ring_array, check_ring
+from secagg.graph import NeighbourGraph
+from secagg.params import check_secagg_params, choose_secagg_params
+from secagg.protocol import ClientRound, ProtocolError, ProtocolParams, ServerRound
 
 __all__ = [
-    "ADVERTISE_KEYS",
-    "ENCODE",
-    "MASKED_INPUT_COLLECTION",
-    "SERVER_RANK",
-    "SESSION_BYTES",
-    "UNMASKING",
+    "GRAPHS",
+    "SecureSum",
     "SecureSumConfig",
-    "TranscriptEntry",
     "client_secure_sum",
+    "dropout_plan",
+    "reply_limit",
+    "secure_sum_config",
     "server_secure_sum",
 ]
 
-_LOG = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
-SERVER_RANK: int = 0
-"""Global rank of the server."""
-
-ADVERTISE_KEYS = "AdvertiseKeys"
-ENCODE = "Encode"  # local step of the client, logged on its own
-MASKED_INPUT_COLLECTION = "MaskedInputCollection"
-UNMASKING = "Unmasking"
-
-SESSION_BYTES: int = 16
-"""Length of the run id chosen by the server (128 bits)."""
-
-# AdvertiseKeys message: client id, vector length, raw X25519 public key.
-_ADVERT = struct.Struct(">QQ32s")
-# Roster header, then one _ADVERT per client: status, reason (ASCII, zero padded).
-_HEADER = struct.Struct(">Q40s")
-_MASKED_INPUT_TAG = 0x5EC  # point-to-point tag of MaskedInputCollection messages
-_STATUS_OK = 0
-_STATUS_ABORT = 1
-assert _ADVERT.size == _HEADER.size == 48
+GRAPHS = ("full", "sparse")
+"""``full``: every pair of clients shares masks (Bonawitz et al. 2017). ``sparse``: a
+random k-regular graph, k = O(log n) (SecAgg+, Bell et al. 2020)."""
 
 
 @dataclass(frozen=True)
 class SecureSumConfig:
-    """Parameters of secure summation shared by the server and every client.
+    """How every round's secure sum is set up; the same at the server and every client.
 
-    ``clip_range``: each coordinate of an update is clipped to [-clip_range,
-    clip_range] before encoding; ``modulus_bits``: the ring Z_(2^modulus_bits).
+    ``threshold``: Shamir t, as a count (int >= 1) or a fraction (float in (0, 1]) of
+    the neighbourhood (the cohort for ``full``, k + 1 for ``sparse``); None chooses the
+    largest safe honest-majority t for ``dropout_rate`` and ``collusion``
+    (:func:`secagg.params.choose_secagg_params`). ``neighbours``: SecAgg+ degree k
+    (even) for ``sparse``; None chooses the smallest safe k. ``collusion``: clients that
+    may collude with the server, a count (int) or a fraction of the cohort (float).
+    ``dropout_rate``: the dropout probability the parameters must tolerate.
+    ``max_abort_probability``: the accepted chance that too few survive.
+    ``timeout_s``: how long the server waits for a process's reply to one stage.
     """
 
     clip_range: float = 1.0
     modulus_bits: int = 32
+    threshold: int | float | None = None
+    graph: str = "full"
+    neighbours: int | None = None
+    collusion: int | float = 0
+    dropout_rate: float = 0.0
+    max_abort_probability: float = 2.0**-20
+    consistency_check: bool = False
+    timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         check_ring(self.clip_range, self.modulus_bits)
+        if self.graph not in GRAPHS:
+            raise ValueError(f"graph={self.graph!r} is invalid: expected one of {GRAPHS}")
+        if self.neighbours is not None and self.graph != "sparse":
+            raise ValueError(f"neighbours={self.neighbours!r} is invalid: only the sparse graph has a degree")
+        if not (isinstance(self.timeout_s, (int, float)) and 0 < self.timeout_s < math.inf):
+            raise ValueError(f"timeout_s={self.timeout_s!r} is invalid: expected seconds > 0")
 
-    def codec(self, num_clients: int) -> FixedPointCodec:
-        """The fixed-point code with headroom for the sum of ``num_clients`` updates."""
-        return FixedPointCodec(self.clip_range, num_clients, self.modulus_bits)
+    def codec(self, cohort_size: int) -> FixedPointCodec:
+        """The fixed-point code with headroom for the sum of ``cohort_size`` updates."""
+        return FixedPointCodec(self.clip_range, cohort_size, self.modulus_bits)
+
+    def shape(self, cohort_size: int) -> tuple[int, int | None]:
+        """(threshold, neighbours) for a cohort of this size, checked; ValueError if none is safe.
+
+        A cohort of one is refused: its "sum" would be that client's update.
+        """
+        n = cohort_size
+        if n < 2:
+            raise ValueError(f"cohort={n} is too small: secure aggregation needs at least 2 clients")
+        if self.threshold is None and self.neighbours is None:
+            return choose_secagg_params(
+                n, self.dropout_rate, self.collusion, self.graph, max_abort_probability=self.max_abort_probability
+            )
+        neighbours = self.neighbours
+        if neighbours is None and self.graph == "sparse":
+            _, neighbours = choose_secagg_params(
+                n, self.dropout_rate, self.collusion, "sparse", max_abort_probability=self.max_abort_probability
+            )
+        if neighbours is not None and neighbours >= n - 1:
+            neighbours = None  # a degree of n - 1 is the complete graph
+        size = n if neighbours is None else neighbours + 1
+        if self.threshold is None:
+            threshold = size // 2 + 1
+        elif isinstance(self.threshold, float):
+            threshold = max(1, math.ceil(self.threshold * size))
+        else:
+            threshold = self.threshold
+        check_secagg_params(
+            n, threshold, neighbours, self.dropout_rate, self.collusion, max_abort_probability=self.max_abort_probability
+        )
+        return threshold, neighbours
+
+    def protocol_params(self, session: bytes, round_idx: int, cohort: tuple[int, ...], dim: int) -> ProtocolParams:
+        """The parameters of one round: what the server and every client must agree on."""
+        threshold, neighbours = self.shape(len(cohort))
+        return ProtocolParams(
+            session=session,
+            round_idx=round_idx,
+            client_ids=cohort,
+            dim=dim,
+            threshold=threshold,
+            modulus_bits=self.modulus_bits,
+            neighbours=neighbours,
+            consistency_check=self.consistency_check,
+        )
+
+
+def reply_limit(dim: int, cohort: int, hosted: int) -> int:
+    """Largest REPLY frame body a process hosting ``hosted`` clients can legitimately send.
+
+    Generous (8 bytes per ring element, 4 KiB per peer, 64 KiB slack per client); the
+    relay refuses anything larger before allocating it.
+    """
+    return hosted * (8 * dim + 4096 * cohort + 65536) + 65536
+
+
+def secure_sum_config(config: RunConfig) -> SecureSumConfig:
+    """The secure-sum settings of a run (the parameters tolerate its injected dropout rate)."""
+    return SecureSumConfig(
+        clip_range=config.secagg_clip_range,
+        modulus_bits=config.secagg_modulus_bits,
+        threshold=config.secagg_threshold,
+        graph=config.secagg_graph,
+        neighbours=config.secagg_neighbours,
+        collusion=config.secagg_collusion,
+        dropout_rate=config.secagg_dropout_probability,
+        max_abort_probability=config.secagg_max_abort_probability,
+        consistency_check=config.secagg_consistency_check,
+        timeout_s=config.secagg_timeout_s,
+    )
+
+
+def dropout_plan(config: RunConfig) -> DropoutPlan:
+    """The run's injected dropouts (seeded by the run's public seed)."""
+    return DropoutPlan(config.dropout_rate, config.dropout_stages, config.dropout_schedule, config.seed)
 
 
 @dataclass(frozen=True)
-class TranscriptEntry:
-    """One message the server received: the stage, the sender and what it sent."""
+class SecureSum:
+    """The server's result of one secure sum.
 
-    stage: str
-    client_id: int
-    payload: bytes | torch.Tensor
-
-
-@contextmanager
-def _stage_timer(stage: str, role: str, round_idx: int) -> Iterator[None]:
-    """Log (debug) the wall time of one protocol stage, with structured extras."""
-    start = time.perf_counter()
-    yield
-    seconds = time.perf_counter() - start
-    _LOG.debug(
-        "%s round %d %s: %.3f ms",
-        role,
-        round_idx,
-        stage,
-        1e3 * seconds,
-        extra={"secagg_role": role, "secagg_stage": stage, "secagg_seconds": seconds},
-    )
-
-
-def _check_int(name: str, value: int, low: int, high: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an int, got {value!r}")
-    if value < low or (high is not None and value > high):
-        allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name} must be {allowed}, got {value}")
-
-
-def _check_common(round_idx: int, session: bytes, num_clients: int, config: object) -> None:
-    _check_int("round_idx", round_idx, 0, 2**64 - 1)
-    _check_int("num_clients", num_clients, 1)
-    if not isinstance(session, (bytes, bytearray)) or len(session) != SESSION_BYTES:
-        got = len(session) if isinstance(session, (bytes, bytearray)) else type(session).__name__
-        raise ValueError(f"session must be {SESSION_BYTES} bytes, got {got}")
-    if not isinstance(config, SecureSumConfig):
-        raise ValueError(f"config must be a SecureSumConfig, got {type(config).__name__}")
-
-
-def _client_ranks(num_clients: int, group: dist.ProcessGroup | None) -> list[int]:
-    """Global ranks of the group in group-rank order; checks the world's shape."""
-    ranks = dist.get_process_group_ranks(group if group is not None else dist.group.WORLD)
-    if len(ranks) != num_clients + 1:
-        raise ValueError(
-            f"num_clients must equal the group size - 1 = {len(ranks) - 1}, got {num_clients}"
-        )
-    if SERVER_RANK not in ranks:
-        raise ValueError(f"group must contain the server rank {SERVER_RANK}, got ranks {ranks}")
-    return ranks
-
-
-def _to_tensor(data: bytes) -> torch.Tensor:
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
-
-
-def _to_bytes(t: torch.Tensor) -> bytes:
-    return t.numpy().tobytes()
-
-
-# --- AdvertiseKeys -------------------------------------------------------------------
-
-
-def _send_advert(
-    client_id: int, dim: int, public_key: bytes, num_clients: int, group: dist.ProcessGroup | None
-) -> tuple[torch.Tensor, dist.Work]:
-    """Client side of AdvertiseKeys, first half: send (id, dim, s_u^PK) to the server
-    and post the receive of the roster without waiting for it (see
-    :func:`_receive_roster`), so the client can encode its input meanwhile."""
-    message = _to_tensor(_ADVERT.pack(client_id, dim, public_key))
-    dist.gather(message, None, dst=SERVER_RANK, group=group)
-    roster_bytes = torch.empty((num_clients + 1) * _ADVERT.size, dtype=torch.uint8)
-    pending = dist.broadcast(roster_bytes, src=SERVER_RANK, group=group, async_op=True)
-    return roster_bytes, pending
-
-
-def _receive_roster(
-    roster_bytes: torch.Tensor,
-    pending: dist.Work,
-    client_id: int,
-    public_key: bytes,
-    num_clients: int,
-) -> dict[int, bytes]:
-    """Client side of AdvertiseKeys, second half: wait for the roster {id: s_v^PK} and
-    check it (not aborted, carries this client's own key unchanged)."""
-    pending.wait()
-    status, reason, roster = _parse_roster(_to_bytes(roster_bytes), num_clients)
-    if status != _STATUS_OK:
-        raise RuntimeError(f"server aborted round at {ADVERTISE_KEYS}: {reason}")
-    if roster.get(client_id) != public_key:
-        raise RuntimeError(f"roster from the server does not carry client {client_id}'s key")
-    return roster
-
-
-def _parse_roster(data: bytes, num_clients: int) -> tuple[int, str, dict[int, bytes]]:
-    status, reason = _HEADER.unpack_from(data, 0)
-    roster: dict[int, bytes] = {}
-    for i in range(1, num_clients + 1):
-        client_id, _dim, key = _ADVERT.unpack_from(data, i * _ADVERT.size)
-        roster[client_id] = key
-    return status, reason.rstrip(b"\0").decode("ascii", "replace"), roster
-
-
-def _check_adverts(
-    adverts: list[tuple[int, int, bytes]], ranks: list[int], dim: int
-) -> str | None:
-    """Why the server must abort, or None: ids are the senders' ranks, dims agree."""
-    keys = set()
-    for (client_id, client_dim, key), rank in zip(adverts, ranks):
-        if client_id != rank:
-            return f"rank {rank} claimed client id {client_id}"
-        if client_dim != dim:
-            return f"client {rank} has dim {client_dim}, server {dim}"
-        keys.add(key)
-    if len(keys) != len(adverts):
-        return "two clients advertised the same public key"
-    return None
-
-
-def _advertise_keys_server(
-    dim: int,
-    ranks: list[int],
-    group: dist.ProcessGroup | None,
-    transcript: list | None,
-) -> dict[int, bytes]:
-    """Server side: gather the adverts, check them, broadcast the roster or an abort."""
-    size = _ADVERT.size
-    own = torch.zeros(size, dtype=torch.uint8)
-    received = torch.empty((len(ranks), size), dtype=torch.uint8)
-    dist.gather(own, list(received.unbind(0)), dst=SERVER_RANK, group=group)
-    client_slots = [i for i, rank in enumerate(ranks) if rank != SERVER_RANK]
-    adverts = [_ADVERT.unpack(_to_bytes(received[i])) for i in client_slots]
-    client_ranks = [ranks[i] for i in client_slots]
-    if transcript is not None:
-        transcript.extend(
-            TranscriptEntry(ADVERTISE_KEYS, rank, key)
-            for rank, (_cid, _dim, key) in zip(client_ranks, adverts)
-        )
-    problem = _check_adverts(adverts, client_ranks, dim)
-    order = sorted(range(len(adverts)), key=lambda i: adverts[i][0])
-    header = (
-        _HEADER.pack(_STATUS_OK, b"")
-        if problem is None
-        else _HEADER.pack(_STATUS_ABORT, problem.encode("ascii", "replace")[:40])
-    )
-    roster_bytes = header + b"".join(_ADVERT.pack(*adverts[i]) for i in order)
-    dist.broadcast(_to_tensor(roster_bytes), src=SERVER_RANK, group=group)
-    if problem is not None:
-        raise ValueError(f"{ADVERTISE_KEYS} failed, round aborted: {problem}")
-    return {client_id: key for client_id, _dim, key in adverts}
-
-
-# --- MaskedInputCollection -------------------------------------------------------------
-
-
-def _masked_input_server(
-    dim: int, ranks: list[int], group: dist.ProcessGroup | None, transcript: list | None
-) -> list[torch.Tensor]:
-    """Server side: receive every client's masked vector y_u (int32, length dim).
-
-    Point-to-point receives posted for all clients at once, each straight into its
-    own row (``dist.gather`` on gloo would stage all rows in one more flat buffer).
+    ``total``: float32 sum of the survivors' (clipped, encoded) updates, None when the
+    round aborted. ``rejections``: (sender, stage, reason) of every client message the
+    protocol rejected. ``transcript``: everything the server received (stage, sender,
+    bytes): its whole view of the round.
     """
-    clients = [rank for rank in ranks if rank != SERVER_RANK]
-    received = torch.empty((len(clients), dim), dtype=torch.int32)
-    pending = [
-        dist.irecv(row, src=rank, group=group, tag=_MASKED_INPUT_TAG)
-        for row, rank in zip(received.unbind(0), clients)
-    ]
-    for work in pending:
-        work.wait()
-    masked = list(received.unbind(0))
-    if transcript is not None:
-        transcript.extend(
-            TranscriptEntry(MASKED_INPUT_COLLECTION, rank, y) for rank, y in zip(clients, masked)
-        )
-    return masked
 
+    outcome: RoundOutcome
+    total: torch.Tensor | None
+    rejections: tuple
+    transcript: tuple
 
-def _peer_mask_keys(
-    private_key: X25519PrivateKey,
-    client_id: int,
-    roster: dict[int, bytes],
-    round_idx: int,
-    session: bytes,
-) -> dict[int, bytes]:
-    """s_uv for every peer v in the roster (Bonawitz et al. 2017, Fig. 4, round 2)."""
-    return {
-        peer_id: pairwise_mask_key(
-            private_key,
-            peer_key,
-            round_idx=round_idx,
-            id_lo=min(client_id, peer_id),
-            id_hi=max(client_id, peer_id),
-            session=bytes(session),
-        )
-        for peer_id, peer_key in roster.items()
-        if peer_id != client_id
-    }
-
-
-# --- public API ------------------------------------------------------------------------
-
-
-def client_secure_sum(
-    update: torch.Tensor,
-    *,
-    client_id: int,
-    round_idx: int,
-    session: bytes,
-    num_clients: int,
-    config: SecureSumConfig,
-    generator: torch.Generator,
-    group: dist.ProcessGroup | None = None,
-) -> None:
-    """Contribute ``update`` (flat float tensor) to this round's secure sum.
-
-    Collective with :func:`server_secure_sum` on rank 0 and this call on every other
-    rank.  The update leaves the process only masked.  ``generator`` draws the
-    stochastic-rounding coins; masks come from fresh X25519 keys and AES-CTR.
-    """
-    _check_common(round_idx, session, num_clients, config)
-    if not isinstance(update, torch.Tensor) or not update.is_floating_point():
-        got = update.dtype if isinstance(update, torch.Tensor) else type(update).__name__
-        raise ValueError(f"update must be a floating-point torch.Tensor, got {got}")
-    if update.dim() != 1 or update.numel() == 0:
-        raise ValueError(f"update must be flat and non-empty, got shape {tuple(update.shape)}")
-    ranks = _client_ranks(num_clients, group)
-    if client_id == SERVER_RANK or client_id not in ranks:
-        clients = [rank for rank in ranks if rank != SERVER_RANK]
-        raise ValueError(f"client_id must be a client rank in {clients}, got {client_id}")
-    codec = config.codec(num_clients)
-    update = update.detach().to(device="cpu", dtype=torch.float32)
-    role = f"client {client_id}"
-
-    with _stage_timer(ADVERTISE_KEYS, role, round_idx):
-        private_key = generate_private_key()
-        public_key = public_key_bytes(private_key)
-        roster_bytes, pending = _send_advert(
-            client_id, update.numel(), public_key, num_clients, group
-        )
-    with _stage_timer(ENCODE, role, round_idx):  # local: overlaps the server's relay
-        encoded = codec.encode(update, generator)
-    with _stage_timer(ADVERTISE_KEYS, role, round_idx):
-        roster = _receive_roster(roster_bytes, pending, client_id, public_key, num_clients)
-    with _stage_timer(MASKED_INPUT_COLLECTION, role, round_idx):
-        peer_keys = _peer_mask_keys(private_key, client_id, roster, round_idx, session)
-        masked = mask_input_(encoded, client_id, peer_keys)  # in place: x_u becomes y_u
-        dist.send(masked, dst=SERVER_RANK, group=group, tag=_MASKED_INPUT_TAG)
+    @property
+    def mean(self) -> torch.Tensor | None:
+        """The survivors' mean update (``total`` / number of survivors)."""
+        if self.total is None:
+            return None
+        return self.total / len(self.outcome.survivors)
 
 
 def server_secure_sum(
+    relay: ServerRelay,
+    hosts: Mapping[int, Sequence[int]],
     *,
-    dim: int,
-    round_idx: int,
     session: bytes,
-    num_clients: int,
+    round_idx: int,
+    cohort: tuple[int, ...],
+    dim: int,
     config: SecureSumConfig,
-    group: dist.ProcessGroup | None = None,
-    transcript: list | None = None,
-) -> torch.Tensor:
-    """Run the server's side of one round; return the float32 sum of the updates.
+    keep_transcript: bool = False,
+    before_input: Callable[[list[int]], None] | None = None,
+) -> SecureSum:
+    """Run the server's side of one secure sum over the processes ``hosts`` ({rank: client ids}).
 
-    The result is ``decode(sum_u enc(update_u) mod 2^32)``: exact sum of the codes,
-    so it differs from the float sum only by clipping and rounding.  If
-    ``transcript`` is a list, every received message is appended to it as a
-    :class:`TranscriptEntry` (the server's whole view of the round).
+    Never raises on client behaviour: dropouts, refusals and malformed messages end as
+    fewer survivors or an aborted round (``outcome.aborted``, ``outcome.abort_reason``).
+    Raises ValueError before any message if no safe parameters exist for ``cohort``.
+    ``keep_transcript``: keep everything the server received in ``transcript``.
+    ``before_input(ranks)``: called when the MaskedInputCollection requests are out,
+    before their replies are awaited (see :func:`fedsim.stages.server_stages`).
     """
-    _check_common(round_idx, session, num_clients, config)
-    _check_int("dim", dim, 1)
-    if transcript is not None and not isinstance(transcript, list):
-        raise ValueError(f"transcript must be a list or None, got {type(transcript).__name__}")
-    ranks = _client_ranks(num_clients, group)
-    if dist.get_rank() != SERVER_RANK:
-        raise ValueError(f"server_secure_sum must run on rank {SERVER_RANK}, got {dist.get_rank()}")
-    codec = config.codec(num_clients)
-    role = "server"
+    params = config.protocol_params(session, round_idx, cohort, dim)
+    protocol = ServerRound(params, keep_transcript=keep_transcript)
+    outcome = server_stages(
+        relay, hosts, protocol, round_idx=round_idx, cohort=cohort, timeout_s=config.timeout_s, before_input=before_input
+    )
+    total = None if outcome.aborted else config.codec(len(cohort)).decode_sum(protocol.result)
+    for sender, stage, reason in protocol.rejections:
+        logger.warning("round %d: rejected client %d at %s: %s", round_idx, sender, stage, reason)
+    if outcome.aborted:
+        logger.warning("round %d: secure sum aborted: %s", round_idx, outcome.abort_reason)
+    return SecureSum(outcome, total, tuple(protocol.rejections), tuple(protocol.transcript))
 
-    with _stage_timer(ADVERTISE_KEYS, role, round_idx):
-        _advertise_keys_server(dim, ranks, group, transcript)
-    with _stage_timer(MASKED_INPUT_COLLECTION, role, round_idx):
-        masked = _masked_input_server(dim, ranks, group, transcript)
-    with _stage_timer(UNMASKING, role, round_idx):
-        total = codec.decode_sum(unmask_sum(masked))
-    return total
+
+def client_secure_sum(
+    relay: ClientRelay,
+    hosted: Sequence[int],
+    updates: Callable[[list[int]], Mapping[int, torch.Tensor]],
+    *,
+    session: bytes,
+    round_idx: int,
+    dim: int,
+    config: SecureSumConfig,
+    generator: torch.Generator,
+    dropouts: DropoutPlan | None = None,
+) -> RoundOutcome:
+    """Take part in one secure sum for the virtual clients ``hosted`` by this process.
+
+    The key stages run first; when MaskedInputCollection arrives, ``updates(ids)`` gives
+    the flat float update (``dim`` values) of each client still in the round that is
+    asked for it (it may train them there), and each is encoded and masked: it leaves
+    the process only masked. ``generator`` draws the stochastic-rounding coins (seed it
+    from the OS CSPRNG); masks come from fresh X25519 keys and AES-CTR inside the
+    protocol. Returns the outcome the server announced.
+    """
+    plan = dropouts or DropoutPlan()
+    rounds: dict[int, ClientRound] = {}
+    codec: FixedPointCodec | None = None
+
+    def make_rounds(cohort: tuple[int, ...]) -> dict[int, ClientRound]:
+        nonlocal codec
+        mine = [cid for cid in sorted(hosted) if cid in cohort]
+        if mine:
+            params = config.protocol_params(session, round_idx, cohort, dim)
+            graph = NeighbourGraph(session, round_idx, cohort, params.neighbours)
+            rounds.update({cid: ClientRound(params, cid, graph=graph) for cid in mine})
+            codec = config.codec(len(cohort))
+        return rounds
+
+    def provide_input(client_ids: list[int]) -> None:
+        given = updates(client_ids)
+        for cid in client_ids:
+            update = given[cid].detach().to(device="cpu", dtype=torch.float32).reshape(-1)
+            if update.numel() != dim:
+                raise ValueError(f"update of client {cid} has {update.numel()} values, expected dim={dim}")
+            rounds[cid].set_input(as_ring_array(codec.encode(update, generator)))
+
+    return client_stages(
+        relay,
+        make_rounds,
+        round_idx=round_idx,
+        drops=lambda stage, cid: plan.drops(round_idx, stage, cid),
+        refusal=ProtocolError,
+        provide_input=provide_input,
+    )

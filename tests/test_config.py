@@ -61,3 +61,62 @@ def test_preflight_names_what_cannot_work(tmp_path):
         preflight(build_config(secagg_clip_range=1e4, num_clients=1024, limit=None))
     with pytest.raises(ConfigError, match="num_clients"):
         preflight(build_config(limit=10, num_clients=50))
+
+
+@pytest.mark.parametrize(
+    "field, value, fragment",
+    [
+        ("secagg_graph", "ring", "'full', 'sparse'"),
+        ("secagg_modulus_bits", 48, "(32, 64)"),
+        ("secagg_neighbours", 3, "even integer"),
+        ("secagg_threshold", 1.5, "fraction in (0, 1]"),
+        ("secagg_collusion", -1, "count >= 0"),
+        ("secagg_timeout_s", 0.0, "[0.1, 86400]"),
+        ("dropout_rate", 1.0, "[0, 1)"),
+        ("dropout_stages", "ShareKeys,Sharekeys", "AdvertiseKeys"),
+        ("dropout_schedule", {"0": {"ShareKeys": [1]}}, "rounds >= 1"),
+        ("dropout_schedule", {"2": {"Unmask": [1]}}, "stages from"),
+    ],
+)
+def test_bad_secure_aggregation_values_name_field_value_and_range(field, value, fragment):
+    with pytest.raises(ConfigError) as info:
+        build_config(**{field: value})
+    assert info.value.field_name == field and fragment in str(info.value)
+
+
+def test_neighbours_need_the_sparse_graph():
+    with pytest.raises(ConfigError, match="secagg_neighbours.*sparse"):
+        build_config(secagg_neighbours=4)
+    assert build_config(secagg_graph="sparse", secagg_neighbours=4).secagg_neighbours == 4
+
+
+def test_dropout_schedule_from_toml_and_drop_options_merge_and_round_trip(tmp_path):
+    from fedsim.config import parse_count_or_fraction, parse_drops
+
+    path = tmp_path / "job.toml"
+    path.write_text('dropout_rate = 0.05\ndropout_stages = ["ShareKeys"]\n[dropout_schedule.2]\nShareKeys = [3, 1]\n')
+    values = load_config_file(path)
+    schedule = parse_drops(["2:ShareKeys:2", "4:Unmasking:1,5"], values.pop("dropout_schedule"))
+    config = build_config(values, dropout_schedule=schedule, secagg_threshold=parse_count_or_fraction("secagg_threshold", "0.6"))
+    assert config.dropout_schedule == {2: {"ShareKeys": (1, 2, 3)}, 4: {"Unmasking": (1, 5)}}
+    assert config.dropout_stages == ("ShareKeys",) and config.secagg_threshold == 0.6
+    assert config_from_json(config.to_json()) == config
+    assert config.secagg_dropout_probability == pytest.approx(0.05)
+    with pytest.raises(ConfigError, match="drop.*ROUND:STAGE:CLIENT"):
+        parse_drops(["2-ShareKeys-1"])
+    with pytest.raises(ConfigError, match="secagg_threshold"):
+        parse_count_or_fraction("secagg_threshold", "most")
+
+
+def test_preflight_checks_secure_aggregation_with_the_protocols_checker():
+    from fedsim.preflight import preflight
+
+    with pytest.raises(ConfigError, match="secagg_threshold=2 .*collusion"):
+        preflight(build_config(num_clients=6, secagg_threshold=2, secagg_collusion=3))
+    with pytest.raises(ConfigError, match="secagg_threshold.*fewer than t holders survive"):
+        preflight(build_config(num_clients=6, secagg_threshold=6, dropout_rate=0.1))
+    with pytest.raises(ConfigError, match="num_clients=1 .*at least 2 clients"):
+        preflight(build_config(num_clients=1))
+    with pytest.raises(ConfigError, match="dropout_schedule.*client ids in \\[1, 4\\]"):
+        preflight(build_config(dropout_schedule={1: {"ShareKeys": [9]}}))
+    preflight(build_config(num_clients=6, secagg_graph="sparse", secagg_neighbours=4, secagg_threshold=3))

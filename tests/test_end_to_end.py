@@ -132,42 +132,104 @@ def test_the_default_job_learns_under_dp(tmp_path):
     assert len(rows) == 4 and max(r["epsilon_upper"] for r in rows) == summary["epsilon"]
 
 
-def test_a_dead_client_fails_the_run_cleanly_and_completed_rounds_survive(tmp_path):
-    """Kill a client mid-run: exit 1 naming it, no hang; ledger, metrics and adapter intact."""
-    import time
-
+def client_processes(process: subprocess.Popen) -> list:
+    """The client processes of a local world: the forkserver's children."""
     import psutil
 
-    from accounting import read_ledger
+    return [
+        p for p in psutil.Process(process.pid).children(recursive=True)
+        if any("forkserver" in part for part in psutil.Process(p.ppid()).cmdline())
+    ]
 
-    run_dir = tmp_path / "crash"
+
+def start_and_kill_a_client(run_dir: Path, clients: int, rounds: int, after_rounds: int) -> subprocess.Popen:
+    """Start a small local run and SIGKILL one client process once ``after_rounds`` rounds are in the ledger."""
+    import time
+
     process = subprocess.Popen(
         [
-            sys.executable, "-m", "fedsim", "run", "--clients", "2", "--rounds", "500", "--local-steps", "1",
-            "--limit", "200", "--batch-size", "8", "--eval-every", "1000", "--run-dir", str(run_dir),
+            sys.executable, "-m", "fedsim", "run", "--clients", str(clients), "--rounds", str(rounds),
+            "--local-steps", "1", "--limit", "200", "--batch-size", "8", "--eval-every", "1000",
+            "--run-dir", str(run_dir),
         ],
         cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     ledger = run_dir / "ledger.jsonl"
     deadline = time.monotonic() + 300
-    while not (ledger.exists() and len(ledger.read_text().splitlines()) >= 4):
-        assert process.poll() is None and time.monotonic() < deadline, "the run ended before two rounds"
+    while not (ledger.exists() and len(ledger.read_text().splitlines()) >= clients * after_rounds):
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended too early"
         time.sleep(0.2)
-    forkserver_children = [
-        p for p in psutil.Process(process.pid).children(recursive=True)
-        if any("forkserver" in part for part in psutil.Process(p.ppid()).cmdline())
-    ]
-    assert len(forkserver_children) == 2  # the two client processes
-    forkserver_children[0].kill()
+    children = client_processes(process)
+    assert len(children) == clients
+    children[-1].kill()
+    return process
+
+
+def ledger_rounds(run_dir: Path) -> dict[int, list[int]]:
+    from accounting import read_ledger
+
+    by_round: dict[int, list[int]] = {}
+    for record in read_ledger(run_dir / "ledger.jsonl"):  # every line whole: fsync per round
+        by_round.setdefault(record.round, []).append(record.client)
+    return by_round
+
+
+def test_a_dead_client_is_dropped_and_the_run_goes_on_with_the_survivors(tmp_path):
+    """Kill one of 3 client processes mid-run: warning naming it, exit 0, rounds after it with 2 clients."""
+    run_dir = tmp_path / "survive"
+    process = start_and_kill_a_client(run_dir, clients=3, rounds=10, after_rounds=2)
+    stdout, stderr = process.communicate(timeout=300)
+    result = result_json(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr))
+    (summary,) = result["results"]
+    assert list(summary["dropped_processes"]) == ["3"] and "connection lost" in summary["dropped_processes"]["3"]
+    assert "client process rank 3 was dropped" in stderr
+    by_round = ledger_rounds(run_dir)
+    assert sorted(by_round) == list(range(1, 11))
+    assert by_round[1] == [1, 2, 3] and by_round[10] == [1, 2]
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 10 and metrics[-1]["survivors"] == 2
+    assert any(3 in ids for m in metrics for ids in m["dropped"].values())
+    assert (run_dir / "adapter" / "adapter_config.json").is_file()
+
+
+def test_too_few_survivors_end_the_run_cleanly_and_completed_rounds_survive(tmp_path):
+    """Kill one of 2 clients: the protocol cannot run with 1, exit 1 naming why; files intact."""
+    run_dir = tmp_path / "crash"
+    process = start_and_kill_a_client(run_dir, clients=2, rounds=500, after_rounds=2)
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 1
-    assert "exited with code -9" in stderr
-    records = read_ledger(ledger)  # every line whole: fsync per round, never a torn record
-    rounds = sorted({r.round for r in records})
-    assert rounds == list(range(1, len(rounds) + 1)) and len(records) == 2 * len(rounds)
+    assert "cannot run: 1 client(s) left" in stderr and "rank 2: connection lost" in stderr
+    by_round = ledger_rounds(run_dir)
+    rounds = sorted(by_round)
+    assert rounds == list(range(1, len(rounds) + 1)) and all(by_round[r] == [1, 2] for r in rounds[:-1])
     metrics = (run_dir / "metrics.jsonl").read_text().splitlines()
-    assert len(metrics) >= len(rounds) - 1
+    assert len(metrics) == len(rounds)
     assert (run_dir / "adapter" / "adapter_config.json").is_file()
+
+
+def test_injected_dropouts_are_survived_recorded_and_an_abort_leaves_the_model_unchanged(tmp_path):
+    """Round 2 loses client 3 at ShareKeys (before it trains; sum of 2); round 3 loses 1 and 2 at
+    MaskedInputCollection (after training: 1 survivor is below the threshold, abort)."""
+    run_dir = tmp_path / "drops"
+    result = result_json(fedsim(
+        "run", "--clients", "3", "--rounds", "3", "--local-steps", "2", "--limit", "200", "--batch-size", "8",
+        "--eval-every", "1", "--run-dir", str(run_dir),
+        "--drop", "2:ShareKeys:3", "--drop", "3:MaskedInputCollection:1,2",
+    ))
+    (summary,) = result["results"]
+    assert summary["aborted_rounds"] == 1 and summary["dropped_processes"] == {}
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [(m["survivors"], m["aborted"], m["dropped"]) for m in metrics] == [
+        (3, False, {}), (2, False, {"ShareKeys": [3]}), (0, True, {"MaskedInputCollection": [1, 2]}),
+    ]
+    assert "MaskedInputCollection" in metrics[2]["abort_reason"]
+    # the aborted round left the global model as it was: the same evaluation, to the bit
+    assert (metrics[2]["accuracy"], metrics[2]["loss"]) == (metrics[1]["accuracy"], metrics[1]["loss"])
+    # every client that trained has its record, dropped or not; client 3 left round 2 before training
+    assert ledger_rounds(run_dir) == {1: [1, 2, 3], 2: [1, 2], 3: [1, 2, 3]}
+    assert metrics[2]["epsilon"] > metrics[1]["epsilon"]
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["dropout_schedule"] == {"2": {"ShareKeys": [3]}, "3": {"MaskedInputCollection": [1, 2]}}
 
 
 def test_swin_trains_under_opacus_in_a_local_world(tmp_path):

@@ -1,40 +1,71 @@
-"""Multi-process test of fedsim.secure_sum: 1 server + 3 clients over gloo on 127.0.0.1.
+"""Multi-process secure sum with the real protocol: 1 server + 3 processes hosting 10 clients.
 
-One world is started for the whole module (process start-up dominates the cost); it
-runs two ordinary rounds and one round that the server must abort, and the server
-writes what it returned and saw to a file that the tests below inspect.
+(Round 8 swaps ``fedsim.secure_sum.ClientRound`` for a subclass that spoils some replies,
+inside the client processes only: the real driver with forged messages.)
+
+One world for the module (process start-up dominates the cost) runs a scripted list of
+rounds over gloo on 127.0.0.1: no dropouts, a dropout injected at each protocol stage,
+a seeded dropout rate, tampered messages, SecAgg+ and a 64-bit ring, an abort, and a
+process that dies mid-round. The server saves what it returned; the tests recompute
+every client's encoded input (the rounding coins are seeded here) and demand the exact
+decoded sum of the survivors' codes, bit for bit.
 """
 
 from __future__ import annotations
 
 import os
-import socket
-import traceback
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
-from fedsim.secure_sum import (
-    ADVERTISE_KEYS,
-    SESSION_BYTES,
-    MASKED_INPUT_COLLECTION,
-    SecureSumConfig,
-    client_secure_sum,
-    server_secure_sum,
-)
-from secagg import FixedPointCodec, wrapping_sum
+import fedsim.secure_sum as secure_sum_module
+from fedsim.dropouts import DropoutPlan
+from fedsim.framing import Kind
+from fedsim.relay import ClientRelay, Evicted, RelayError, ServerRelay
+from fedsim.secure_sum import SecureSumConfig, client_secure_sum, server_secure_sum
+from secagg.encoding import as_ring_array
+from secagg.protocol import ClientRound
+from tests.gloo_world import run_world
 
-NUM_CLIENTS = 3
-WORLD = NUM_CLIENTS + 1
+HOSTS = {1: (1, 4, 7, 10), 2: (2, 5, 8), 3: (3, 6, 9)}
+COHORT = tuple(range(1, 11))
+WORLD = len(HOSTS) + 1
 DIM = 4099  # not a multiple of the AES block: exercises the keystream tail
-ROUNDS = (0, 7)
-EXPLICIT_GROUP_ROUND = 7  # this round runs over a gloo group made with new_group
-CONFIG = SecureSumConfig(clip_range=2.0)
 SESSION = bytes.fromhex("5e55104d0123456789abcdef00112233")
-BAD_ROUND = 9  # client 2 announces a wrong dim: the server must abort the round
+BASE = SecureSumConfig(clip_range=2.0, threshold=4, timeout_s=20.0)
+
+
+@dataclass(frozen=True)
+class Script:
+    """One round: its settings, injected dropouts and faults, and what must come out."""
+
+    config: SecureSumConfig = BASE
+    schedule: dict = field(default_factory=dict)  # stage -> client ids (this round)
+    rate: float = 0.0
+    tamper: dict = field(default_factory=dict)  # (stage, client) -> how its reply is spoiled
+    dies: tuple | None = None  # (rank, stage): the process exits when that stage arrives
+
+
+SCRIPTS = {
+    1: Script(),
+    2: Script(schedule={"AdvertiseKeys": [3, 10]}),
+    3: Script(schedule={"ShareKeys": [1, 6]}),
+    4: Script(schedule={"MaskedInputCollection": [2, 9]}),
+    5: Script(config=SecureSumConfig(clip_range=2.0, threshold=4, consistency_check=True),
+              schedule={"ConsistencyCheck": [4], "Unmasking": [7]}),
+    6: Script(schedule={"Unmasking": [5, 8]}),
+    7: Script(rate=0.1),
+    8: Script(tamper={("MaskedInputCollection", 2): "truncate", ("ShareKeys", 5): "replay"}),
+    9: Script(config=SecureSumConfig(clip_range=2.0, graph="sparse", neighbours=4, threshold=3)),
+    10: Script(config=SecureSumConfig(clip_range=2.0, modulus_bits=64, threshold=4)),
+    11: Script(schedule={"ShareKeys": [1, 2, 3, 4, 5, 6, 7]}),  # 3 left, threshold 4: abort
+    12: Script(dies=(3, "MaskedInputCollection")),
+}
+ROUNDS = tuple(SCRIPTS)
 
 
 def client_update(client_id: int, round_idx: int) -> torch.Tensor:
@@ -45,184 +76,224 @@ def client_update(client_id: int, round_idx: int) -> torch.Tensor:
     return update
 
 
-def rounding_generator(client_id: int, round_idx: int) -> torch.Generator:
+def rounding_generator(rank: int, round_idx: int) -> torch.Generator:
     """Seeded rounding coins, so the test can recompute every client's encoded input."""
-    return torch.Generator().manual_seed(777 + 100 * round_idx + client_id)
+    return torch.Generator().manual_seed(777 + 100 * round_idx + rank)
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
-    )
-    groups = {EXPLICIT_GROUP_ROUND: dist.new_group(backend="gloo")}
+def encoded_inputs(round_idx: int, asked=COHORT) -> dict[int, np.ndarray]:
+    """The code of every client ``asked`` for input, drawn in the order its process draws
+    them: sorted hosted ids, only those still in the round at MaskedInputCollection."""
+    codec = SCRIPTS[round_idx].config.codec(len(COHORT))
+    codes = {}
+    for rank, hosted in HOSTS.items():
+        generator = rounding_generator(rank, round_idx)
+        for cid in (c for c in hosted if c in asked):
+            codes[cid] = as_ring_array(codec.encode(client_update(cid, round_idx), generator)).copy()
+    return codes
+
+
+def expected_sum(round_idx: int, survivors, asked) -> torch.Tensor:
+    codes = encoded_inputs(round_idx, asked)
+    total = np.sum([codes[c] for c in survivors], axis=0, dtype=codes[survivors[0]].dtype)  # wraps mod 2^k
+    return SCRIPTS[round_idx].config.codec(len(COHORT)).decode_sum(total)
+
+
+# --- the world -------------------------------------------------------------------------
+
+
+def _spoil(reply: bytes, how: str) -> bytes:
+    if how == "truncate":
+        return reply[:-1]
+    round_field = slice(24, 32)  # the header's round number: make it last round's
+    stale = (int.from_bytes(reply[round_field], "big") - 1).to_bytes(8, "big")
+    return reply[: round_field.start] + stale + reply[round_field.stop :]
+
+
+class TamperedRound(ClientRound):
+    """A real ClientRound whose reply at one stage is spoiled on the way out (round 8)."""
+
+    def handle(self, message: bytes) -> bytes:
+        stage = self.stage
+        reply = super().handle(message)
+        how = SCRIPTS[8].tamper.get((stage, self.client_id))
+        return _spoil(reply, how) if how else reply
+
+
+def _serve(relay: ServerRelay, out_dir: Path) -> None:
+    results = {}
+    for round_idx, script in SCRIPTS.items():
+        hosts = {rank: HOSTS[rank] for rank in relay.live}
+        cohort = tuple(sorted(c for ids in hosts.values() for c in ids))
+        started = time.monotonic()
+        result = server_secure_sum(
+            relay, hosts, session=SESSION, round_idx=round_idx, cohort=cohort, dim=DIM,
+            config=script.config, keep_transcript=round_idx == 1,
+        )
+        results[round_idx] = {
+            "outcome": result.outcome,
+            "total": result.total,
+            "rejections": result.rejections,
+            "transcript": [(stage, sender, bytes(data)) for stage, sender, data in result.transcript],
+            "seconds": time.monotonic() - started,
+            "dropped": dict(relay.dropped),
+        }
+    relay.close("test over", timeout_s=10.0)
+    torch.save(results, out_dir / "server.pt")
+
+
+def _participate(rank: int, relay: ClientRelay) -> None:
+    for round_idx, script in SCRIPTS.items():
+        secure_sum_module.ClientRound = TamperedRound if script.tamper else ClientRound
+        plan = DropoutPlan(rate=script.rate, schedule={round_idx: script.schedule}, seed=round_idx)
+
+        class Dying(DropoutPlan):
+            def drops(self, r: int, stage: str, cid: int) -> bool:
+                if script.dies == (rank, stage):
+                    os._exit(5)
+                return plan.drops(r, stage, cid)
+
+        client_secure_sum(
+            relay,
+            HOSTS[rank],
+            lambda ids, r=round_idx: {cid: client_update(cid, r) for cid in ids},
+            session=SESSION,
+            round_idx=round_idx,
+            dim=DIM,
+            config=script.config,
+            generator=rounding_generator(rank, round_idx),
+            dropouts=Dying(rate=plan.rate, schedule=plan.schedule, seed=plan.seed) if script.dies else plan,
+        )
     try:
-        if rank == 0:
-            results = {}
-            for round_idx in ROUNDS:
-                transcript: list = []
-                total = server_secure_sum(
-                    dim=DIM,
-                    round_idx=round_idx,
-                    session=SESSION,
-                    num_clients=NUM_CLIENTS,
-                    config=CONFIG,
-                    group=groups.get(round_idx),
-                    transcript=transcript,
-                )
-                results[round_idx] = {"sum": total, "transcript": transcript}
-            try:
-                server_secure_sum(
-                    dim=DIM, round_idx=BAD_ROUND, session=SESSION,
-                    num_clients=NUM_CLIENTS, config=CONFIG,
-                )
-                results["abort"] = "no error"
-            except ValueError as exc:
-                results["abort"] = str(exc)
-            torch.save(results, Path(out_dir) / "server.pt")
-        else:
-            for round_idx in ROUNDS:
-                client_secure_sum(
-                    client_update(rank, round_idx),
-                    client_id=rank,
-                    round_idx=round_idx,
-                    session=SESSION,
-                    num_clients=NUM_CLIENTS,
-                    config=CONFIG,
-                    generator=rounding_generator(rank, round_idx),
-                    group=groups.get(round_idx),
-                )
-            update = client_update(rank, BAD_ROUND)
-            try:
-                client_secure_sum(
-                    update[:-1] if rank == 2 else update,
-                    client_id=rank, round_idx=BAD_ROUND, session=SESSION,
-                    num_clients=NUM_CLIENTS, config=CONFIG,
-                    generator=rounding_generator(rank, BAD_ROUND),
-                )
-                outcome = "no error"
-            except RuntimeError as exc:
-                outcome = str(exc)
-            torch.save(outcome, Path(out_dir) / f"client{rank}.pt")
-    except BaseException:
-        (Path(out_dir) / f"error{rank}.txt").write_text(traceback.format_exc())
-        raise
-    finally:
-        dist.destroy_process_group()
+        relay.receive(Kind.FINISH)
+    except (Evicted, RelayError):
+        pass
+    relay.close()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _worker(rank: int, group, out_dir: Path) -> None:
+    if rank == 0:
+        _serve(ServerRelay(group, list(HOSTS), max_body_bytes=1 << 24), out_dir)
+    else:
+        _participate(rank, ClientRelay(group, 0, timeout_s=120.0))
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out_dir = tmp_path_factory.mktemp("secure_sum")
-    # forkserver: one fresh interpreter imports torch and this module once (it runs no
-    # torch op, so no threads exist when it forks); the 4 ranks start from it in
-    # about a second instead of importing torch 4 times over (spawn: ~15 s here).
-    mp.get_context("forkserver").set_forkserver_preload([__name__])
-    mp.start_processes(
-        _worker,
-        args=(_free_port(), str(out_dir)),
-        nprocs=WORLD,
-        join=True,
-        start_method="forkserver",
-    )
-    server = torch.load(out_dir / "server.pt", weights_only=False)
-    clients = {r: torch.load(out_dir / f"client{r}.pt") for r in range(1, WORLD)}
-    return {"server": server, "clients": clients}
+    exit_codes = run_world(__name__, _worker, WORLD, out_dir, timeout_s=240)
+    return {"server": torch.load(out_dir / "server.pt", weights_only=False), "exit_codes": exit_codes}
 
 
-def _encoded_inputs(round_idx: int) -> list[torch.Tensor]:
-    codec = CONFIG.codec(NUM_CLIENTS)
-    return [
-        codec.encode(client_update(c, round_idx), rounding_generator(c, round_idx))
-        for c in range(1, WORLD)
-    ]
+# --- what the server returned ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("round_idx", ROUNDS)
-def test_server_sum_is_exact_decoded_sum_of_codes(world: dict, round_idx: int) -> None:
-    codec = CONFIG.codec(NUM_CLIENTS)
-    expected = codec.decode_sum(wrapping_sum(_encoded_inputs(round_idx)))
-    got = world["server"][round_idx]["sum"]
+def _check_exact(world: dict, round_idx: int, survivors: tuple[int, ...]) -> None:
+    result = world["server"][round_idx]
+    outcome = result["outcome"]
+    assert not outcome.aborted, outcome.abort_reason
+    assert outcome.survivors == survivors
+    got = result["total"]
     assert got.dtype == torch.float32 and got.shape == (DIM,)
-    assert torch.equal(got, expected)
+    # clients that left before MaskedInputCollection were never asked for (nor encoded) an input
+    before = set(outcome.dropped.get("AdvertiseKeys", ())) | set(outcome.dropped.get("ShareKeys", ()))
+    assert torch.equal(got, expected_sum(round_idx, survivors, set(COHORT) - before))
 
 
-@pytest.mark.parametrize("round_idx", ROUNDS)
-def test_server_sum_close_to_float_sum_of_clipped_updates(world: dict, round_idx: int) -> None:
-    updates = [client_update(c, round_idx) for c in range(1, WORLD)]
-    float_sum = torch.stack(updates).clamp(-CONFIG.clip_range, CONFIG.clip_range).sum(0)
-    step = 1.0 / CONFIG.codec(NUM_CLIENTS).scale
-    # each client's stochastic rounding moves a coordinate by less than one step
-    assert torch.allclose(world["server"][round_idx]["sum"], float_sum, rtol=0,
-                          atol=NUM_CLIENTS * step + 1e-6)
+def test_ten_virtual_clients_on_three_processes_sum_exactly(world: dict) -> None:
+    _check_exact(world, 1, COHORT)
+    assert world["server"][1]["outcome"].dropped == {}
 
 
-@pytest.mark.parametrize("round_idx", ROUNDS)
-def test_server_transcript_holds_no_unmasked_input(world: dict, round_idx: int) -> None:
-    transcript = world["server"][round_idx]["transcript"]
-    keys = [e for e in transcript if e.stage == ADVERTISE_KEYS]
-    vectors = [e for e in transcript if e.stage == MASKED_INPUT_COLLECTION]
-    assert sorted(e.client_id for e in keys) == list(range(1, WORLD))
-    assert sorted(e.client_id for e in vectors) == list(range(1, WORLD))
-    assert all(isinstance(e.payload, bytes) and len(e.payload) == 32 for e in keys)
-    for encoded in _encoded_inputs(round_idx):
-        for entry in vectors:
-            y = entry.payload
-            assert not torch.equal(y, encoded)
-            # nor close: the ring distance |y - x| (mod 2^32, signed) is below 2^20
-            # (1/4096 of the ring) only by chance, as for a uniform y
-            distance = (y.to(torch.int64) - encoded.to(torch.int64) + 2**31) % 2**32 - 2**31
-            close = distance.abs() < 2**20
-            assert close.float().mean() < 0.01
+def test_sum_is_close_to_the_float_sum_of_clipped_updates(world: dict) -> None:
+    float_sum = torch.stack([client_update(c, 1) for c in COHORT]).clamp(-2.0, 2.0).sum(0)
+    step = 1.0 / BASE.codec(len(COHORT)).scale
+    assert torch.allclose(world["server"][1]["total"], float_sum, rtol=0, atol=len(COHORT) * step + 1e-6)
 
 
-def test_keys_are_fresh_per_round(world: dict) -> None:
-    keys = [
-        e.payload
-        for r in ROUNDS
-        for e in world["server"][r]["transcript"]
-        if e.stage == ADVERTISE_KEYS
-    ]
-    assert len(set(keys)) == len(keys) == NUM_CLIENTS * len(ROUNDS)
+@pytest.mark.parametrize(
+    ("round_idx", "stage", "survivors"),
+    [
+        (2, "AdvertiseKeys", (1, 2, 4, 5, 6, 7, 8, 9)),
+        (3, "ShareKeys", (2, 3, 4, 5, 7, 8, 9, 10)),
+        (4, "MaskedInputCollection", (1, 3, 4, 5, 6, 7, 8, 10)),
+        (5, "ConsistencyCheck", COHORT),  # its input was in: dropping after that only costs shares
+        (6, "Unmasking", COHORT),
+    ],
+)
+def test_a_dropout_at_each_stage_leaves_the_exact_survivors_sum(world: dict, round_idx, stage, survivors) -> None:
+    _check_exact(world, round_idx, survivors)
+    assert world["server"][round_idx]["outcome"].dropped[stage] == tuple(SCRIPTS[round_idx].schedule[stage])
 
 
-def test_inconsistent_dim_aborts_round_everywhere(world: dict) -> None:
-    assert "client 2 has dim 4098, server 4099" in world["server"]["abort"]
-    for outcome in world["clients"].values():
-        assert "server aborted round" in outcome and "client 2 has dim" in outcome
+def test_a_seeded_dropout_rate_leaves_the_exact_survivors_sum(world: dict) -> None:
+    plan = DropoutPlan(rate=0.1, seed=7)
+    silent = {c for c in COHORT if any(plan.drops(7, s, c) for s in ("AdvertiseKeys", "ShareKeys", "MaskedInputCollection"))}
+    outcome = world["server"][7]["outcome"]
+    assert set(outcome.survivors) == set(COHORT) - silent
+    _check_exact(world, 7, outcome.survivors)
 
 
-# --- argument checks (no processes needed: they fail before any message) -------------
+def test_tampered_messages_are_rejected_naming_sender_stage_and_reason(world: dict) -> None:
+    result = world["server"][8]
+    reasons = {(sender, stage): reason for sender, stage, reason in result["rejections"]}
+    assert set(reasons) == {(2, "MaskedInputCollection"), (5, "ShareKeys")}
+    assert "wrong round" in reasons[(5, "ShareKeys")]
+    assert result["outcome"].dropped == {"ShareKeys": (5,), "MaskedInputCollection": (2,)}
+    _check_exact(world, 8, (1, 3, 4, 6, 7, 8, 9, 10))
+    assert result["dropped"] == {}  # the processes stay: only the clients are out of the round
+
+
+def test_secagg_plus_graph_and_64_bit_ring_sum_exactly(world: dict) -> None:
+    _check_exact(world, 9, COHORT)
+    _check_exact(world, 10, COHORT)
+    assert world["server"][10]["total"].dtype == torch.float32
+
+
+def test_too_few_survivors_abort_the_round(world: dict) -> None:
+    outcome = world["server"][11]["outcome"]
+    assert outcome.aborted and outcome.survivors == () and "threshold 4" in outcome.abort_reason
+    assert world["server"][11]["total"] is None
+
+
+def test_a_process_dying_mid_round_drops_its_clients_and_the_sum_goes_on(world: dict) -> None:
+    result = world["server"][12]
+    assert "connection lost" in result["dropped"][3]
+    assert result["outcome"].dropped["MaskedInputCollection"] == HOSTS[3]
+    _check_exact(world, 12, (1, 2, 4, 5, 7, 8, 10))
+    assert result["seconds"] < BASE.timeout_s  # seen at once, not at the deadline
+    assert world["exit_codes"][3] == 5
+
+
+def test_server_view_holds_no_unmasked_input(world: dict) -> None:
+    transcript = world["server"][1]["transcript"]
+    masked = [data for stage, _, data in transcript if stage == "MaskedInputCollection"]
+    assert len(masked) == len(COHORT)
+    for code in encoded_inputs(1).values():
+        for message in masked:
+            y = np.frombuffer(message[-4 * DIM:], dtype="<u4")
+            distance = (y.astype(np.int64) - code.astype(np.int64) + 2**31) % 2**32 - 2**31
+            assert (np.abs(distance) < 2**20).mean() < 0.01  # as for a uniform y
+
+
+# --- settings checks (no processes needed) ------------------------------------------------
 
 
 @pytest.mark.parametrize(
     ("kwargs", "field"),
-    [({"clip_range": 0.0}, "clip_range"), ({"clip_range": float("nan")}, "clip_range"),
-     ({"modulus_bits": 64}, "modulus_bits")],
+    [({"clip_range": 0.0}, "clip_range"), ({"modulus_bits": 16}, "modulus_bits"),
+     ({"graph": "ring"}, "graph"), ({"neighbours": 4}, "neighbours"), ({"timeout_s": 0}, "timeout_s")],
 )
-def test_config_validates(kwargs: dict, field: str) -> None:
+def test_settings_are_validated(kwargs: dict, field: str) -> None:
     with pytest.raises(ValueError, match=field):
         SecureSumConfig(**kwargs)
 
 
-@pytest.mark.parametrize(
-    ("change", "field"),
-    [({"session": b"short"}, "session"), ({"round_idx": -1}, "round_idx"),
-     ({"num_clients": 0}, "num_clients"), ({"update": torch.zeros(2, 2)}, "flat"),
-     ({"update": torch.zeros(4, dtype=torch.int32)}, "floating-point")],
-)
-def test_client_arguments_are_checked_first(change: dict, field: str) -> None:
-    kwargs = {"update": torch.zeros(4), "client_id": 1, "round_idx": 0,
-              "session": bytes(SESSION_BYTES), "num_clients": 3, "config": CONFIG,
-              "generator": torch.Generator()}
-    kwargs.update(change)
-    update = kwargs.pop("update")
-    with pytest.raises(ValueError, match=field):
-        client_secure_sum(update, **kwargs)
+def test_shape_chooses_safe_parameters_and_refuses_unsafe_ones() -> None:
+    assert SecureSumConfig().shape(10) == (6, None)  # honest majority of the complete graph
+    threshold, k = SecureSumConfig(graph="sparse", neighbours=4, threshold=0.5).shape(40)
+    assert (threshold, k) == (3, 4)
+    with pytest.raises(ValueError, match="at least 2 clients"):
+        SecureSumConfig().shape(1)
+    with pytest.raises(ValueError, match="threshold"):
+        SecureSumConfig(threshold=2, collusion=3).shape(10)

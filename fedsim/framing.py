@@ -1,0 +1,196 @@
+"""Frames: the binary envelope of every message between the server and a client process.
+
+A frame is one contiguous uint8 tensor: a fixed-size header, then a body of exactly the
+length the header announces (:mod:`fedsim.relay` sends it). Never a pickle: a process
+that receives a frame parses these bytes and nothing else runs.
+
+Header (24 bytes, big-endian)::
+
+    magic "FSRL" | version u8 | kind u8 | stage u8 | 0 u8 | round u64 | body length u64
+
+Body: a map from keys (a virtual client id for protocol messages, a field number for the
+job's own frames) to byte strings, batching every virtual client a process hosts::
+
+    count u32 | count x (key u64 | length u64 | bytes) | "FEND"
+
+The end marker catches a body shorter than announced (gloo accepts a send shorter than
+the posted receive and leaves the rest of the buffer as it was).
+
+Received entries are read-only ``memoryview`` slices of the body (no copy: a masked
+input of 10^6 ring elements is 4 MB); ``bytes(entry)`` when a copy is wanted.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Mapping
+
+import numpy as np
+import torch
+
+__all__ = [
+    "HEADER_BYTES",
+    "STAGES",
+    "Frame",
+    "FrameError",
+    "Kind",
+    "decode_body",
+    "decode_header",
+    "encode_frame",
+]
+
+MAGIC = b"FSRL"
+VERSION = 1
+END_MARKER = b"FEND"
+
+STAGES: tuple[str, ...] = (
+    "",
+    "AdvertiseKeys",
+    "ShareKeys",
+    "MaskedInputCollection",
+    "ConsistencyCheck",
+    "Unmasking",
+)
+"""Stage names a frame may carry (Bonawitz et al., CCS 2017, Fig. 4); "" for none."""
+
+_HEADER = struct.Struct(">4sBBBBQQ")
+_COUNT = struct.Struct(">I")
+_ENTRY = struct.Struct(">QQ")
+HEADER_BYTES: int = _HEADER.size
+
+
+class Kind(IntEnum):
+    """What a frame is for. Server to client first, then client to server."""
+
+    SETUP = 1  # a method starts: session id and the initial global state
+    ROUND = 2  # a round starts: the global vector and who trains
+    START = 3  # a secure sum starts: its cohort
+    STAGE = 4  # one protocol stage: the server's message to each hosted client
+    OUTCOME = 5  # the secure sum ended: completed or aborted, and the survivors
+    DONE = 6  # the method ended
+    FINISH = 7  # the run ended: the client process may leave
+    EVICT = 8  # the server dropped this process for good (the reason is in the body)
+    REPORT = 16  # what each hosted client ran in local training
+    REPLY = 17  # one protocol stage: each hosted client's reply
+    BYE = 18  # the client process leaves (answers FINISH or EVICT)
+    FAIL = 19  # the client process failed (the error is in the body) and leaves
+
+
+TERMINAL_KINDS = frozenset({Kind.FINISH, Kind.EVICT, Kind.BYE, Kind.FAIL})
+"""After one of these, the sender sends nothing more on the link."""
+
+
+class FrameError(ValueError):
+    """Bytes that are not a well-formed frame; the message says what is wrong."""
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One message: its kind, round and stage, and the entries it batches."""
+
+    kind: Kind
+    round: int = 0
+    stage: str = ""
+    entries: Mapping[int, bytes | memoryview] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """Short human description, e.g. ``REPLY round 3 ShareKeys``."""
+        where = f" round {self.round}" if self.round else ""
+        return f"{self.kind.name}{where}{' ' + self.stage if self.stage else ''}"
+
+
+def encode_frame(frame: Frame, buffer: torch.Tensor | None = None) -> torch.Tensor:
+    """``frame`` as one uint8 tensor, header then body, written once: into the front of
+    ``buffer`` when it is a large enough uint8 tensor (reusing it spares fresh pages)."""
+    if frame.stage not in STAGES:
+        raise FrameError(f"stage={frame.stage!r} is invalid: expected one of {STAGES}")
+    entries = [(int(key), memoryview(value).cast("B")) for key, value in frame.entries.items()]
+    size = _COUNT.size + sum(_ENTRY.size + len(value) for _, value in entries) + len(END_MARKER)
+    total = HEADER_BYTES + size
+    fits = buffer is not None and buffer.dtype == torch.uint8 and buffer.numel() >= total
+    data = buffer[:total] if fits else torch.empty(total, dtype=torch.uint8)
+    view = memoryview(data.numpy())
+    _HEADER.pack_into(view, 0, MAGIC, VERSION, int(frame.kind), STAGES.index(frame.stage), 0, frame.round, size)
+    view = view[HEADER_BYTES:]
+    _COUNT.pack_into(view, 0, len(entries))
+    offset = _COUNT.size
+    for key, value in entries:
+        _ENTRY.pack_into(view, offset, key, len(value))
+        offset += _ENTRY.size
+        view[offset : offset + len(value)] = value
+        offset += len(value)
+    view[offset:] = END_MARKER
+    return data
+
+
+@dataclass(frozen=True)
+class Header:
+    """A parsed header: what the body will be."""
+
+    kind: Kind
+    round: int
+    stage: str
+    body_bytes: int
+
+
+def decode_header(data: bytes | memoryview, max_body_bytes: int) -> Header:
+    """Parse and check a header; raise :class:`FrameError` naming what is wrong."""
+    if len(data) != HEADER_BYTES:
+        raise FrameError(f"header has {len(data)} bytes, expected {HEADER_BYTES}")
+    magic, version, kind, stage, reserved, round_idx, size = _HEADER.unpack(data)
+    if magic != MAGIC:
+        raise FrameError(f"bad magic {bytes(magic)!r}, expected {MAGIC!r}")
+    if version != VERSION:
+        raise FrameError(f"frame version {version}, expected {VERSION}")
+    if kind not in Kind._value2member_map_:
+        raise FrameError(f"unknown frame kind {kind}")
+    if stage >= len(STAGES) or reserved != 0:
+        raise FrameError(f"bad stage byte {stage} or reserved byte {reserved}")
+    minimum = _COUNT.size + len(END_MARKER)
+    if not minimum <= size <= max_body_bytes:
+        raise FrameError(f"body length {size} outside [{minimum}, {max_body_bytes}]")
+    return Header(Kind(kind), round_idx, STAGES[stage], size)
+
+
+def decode_body(header: Header, body: torch.Tensor) -> Frame:
+    """Parse a body received for ``header``; every byte must be accounted for."""
+    view = memoryview(body.numpy()).toreadonly()
+    if len(view) != header.body_bytes:
+        raise FrameError(f"body has {len(view)} bytes, the header announced {header.body_bytes}")
+    if view[-len(END_MARKER) :] != END_MARKER:
+        raise FrameError("body does not end with the end marker (short or corrupt)")
+    end = len(view) - len(END_MARKER)
+    (count,) = _COUNT.unpack_from(view, 0)
+    offset = _COUNT.size
+    entries: dict[int, memoryview] = {}
+    for _ in range(count):
+        if offset + _ENTRY.size > end:
+            raise FrameError(f"entry table overruns the body ({count} entries announced)")
+        key, length = _ENTRY.unpack_from(view, offset)
+        offset += _ENTRY.size
+        if length > end - offset:
+            raise FrameError(f"entry {key} announces {length} bytes, only {end - offset} left")
+        if key in entries:
+            raise FrameError(f"entry {key} appears twice")
+        entries[key] = view[offset : offset + length]
+        offset += length
+    if offset != end:
+        raise FrameError(f"{end - offset} stray bytes after {count} entries")
+    return Frame(header.kind, header.round, header.stage, entries)
+
+
+def pack_ids(ids: tuple[int, ...] | list[int]) -> bytes:
+    """Client ids as big-endian u64s (a cohort, survivors, the clients who train)."""
+    return np.asarray(ids, dtype=">u8").tobytes()
+
+
+def unpack_ids(data: bytes | memoryview, what: str) -> tuple[int, ...]:
+    """Inverse of :func:`pack_ids`; ids must be distinct, sorted and >= 1."""
+    if len(data) % 8:
+        raise FrameError(f"{what}: {len(data)} bytes is not a whole number of u64 ids")
+    ids = tuple(int(i) for i in np.frombuffer(data, dtype=">u8"))
+    if any(i < 1 for i in ids) or list(ids) != sorted(set(ids)):
+        raise FrameError(f"{what}: ids must be distinct, sorted and >= 1")
+    return ids
