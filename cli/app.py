@@ -56,7 +56,11 @@ class ProgressObserver:
         self.progress = progress
         self.tasks: dict[str, int] = {}
 
-    def method_started(self, method: str, rounds: int) -> None:
+    def method_started(self, method: str, rounds: int, ledger_fingerprint: str) -> None:
+        self.progress.console.print(
+            f"{method}: ledger key fingerprint {ledger_fingerprint} "
+            f"(pin it: fedsim budget verify RUN_DIR --fingerprint {ledger_fingerprint})"
+        )
         self.tasks[method] = self.progress.add_task(f"{method}", total=rounds, status="")
 
     def round_finished(self, metrics) -> None:
@@ -72,7 +76,7 @@ class ProgressObserver:
 def summary_table(summaries, delta: float) -> Table:
     """The closing table: accuracy, loss, ε (upper, the guarantee) at δ, per method."""
     table = Table(title=f"fedsim: accuracy and privacy (ε upper bound at δ={delta:g})")
-    for column in ("method", "rounds", "untrained acc", "final acc", "loss", "ε (upper)", "accountant", "time"):
+    for column in ("method", "rounds", "untrained acc", "final acc", "loss", "ε (upper)", "accountant", "ε RDP", "time"):
         table.add_column(column, justify="left" if column == "method" else "right")
     for s in summaries:
         table.add_row(
@@ -83,6 +87,7 @@ def summary_table(summaries, delta: float) -> Table:
             f"{s.loss:.3f}",
             f"{s.epsilon:.3f}",
             s.epsilon_method,
+            f"{s.epsilon_rdp:.3f}",
             f"{s.seconds:.0f}s",
         )
     return table
@@ -109,6 +114,7 @@ def run(
     noise_multiplier: Optional[float] = typer.Option(None, "--noise-multiplier", "--sigma", help="Gaussian noise σ, in units of the clipping norm." + default('noise_multiplier')),
     max_grad_norm: Optional[float] = typer.Option(None, "--max-grad-norm", "--clip", help="Per-sample clipping norm C." + default('max_grad_norm')),
     delta: Optional[float] = typer.Option(None, help="δ at which ε is reported." + default('delta')),
+    target_epsilon: Optional[float] = typer.Option(None, "--target-epsilon", help="Calibrate σ (PRV, before training) so every client's ε at δ is at most this; overrides --sigma. `fedsim budget plan` shows the same calibration."),
     lr: Optional[float] = typer.Option(None, help="Learning rate of the LoRA factors (AdamW)." + default('lr')),
     head_lr: Optional[float] = typer.Option(None, help="Learning rate of the classifier head." + default('head_lr')),
     b_lr_ratio: Optional[float] = typer.Option(None, help="LA-LoRA: B's learning rate as a multiple of A's." + default('b_lr_ratio')),
@@ -172,7 +178,7 @@ def run(
             file_values,
             methods=methods, dataset=dataset, model=model, pretrained=pretrained, img_size=img_size,
             limit=limit, num_clients=clients, rounds=rounds, local_steps=local_steps, batch_size=batch_size,
-            noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm, delta=delta, lr=lr,
+            noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm, delta=delta, target_epsilon=target_epsilon, lr=lr,
             head_lr=head_lr, b_lr_ratio=b_lr_ratio, smoothing=smoothing, lora_rank=lora_rank,
             partition=partition, dirichlet_alpha=dirichlet_alpha, seed=seed, eval_every=eval_every,
             optimizer=optimizer, max_length=max_length, secagg_clip_range=secagg_clip_range, timeout_s=timeout,
@@ -184,9 +190,11 @@ def run(
             dropout_stages=dropout_stages, dropout_schedule=schedule,
             threads_per_process=threads, run_dir=str(run_dir) if run_dir else None,
         )
-        preflight(config)
+        config = preflight(config)
     except (ConfigError, TypeError) as exc:
         fail(str(exc))
+    if config.target_epsilon is not None:
+        console.print(f"calibrated: σ = {config.noise_multiplier:.4f} gives ε ≤ {config.target_epsilon:g} at δ = {config.delta:g} (PRV upper bound)")
     is_server = not torchrun or int(os.environ["RANK"]) == 0
     out = Path(config.run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{'+'.join(config.methods)}")
     if is_server:

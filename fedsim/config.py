@@ -69,6 +69,8 @@ class RunConfig:
     noise_multiplier: float = 1.0
     max_grad_norm: float = 1.0
     delta: float = 1e-5
+    # When set, noise_multiplier is calibrated (PRV) so every client's ε meets it at delta.
+    target_epsilon: float | None = None
     # Secure aggregation (Bonawitz et al. 2017; SecAgg+ graph: Bell et al. 2020).
     secagg_clip_range: float = 1.0
     secagg_modulus_bits: int = 32
@@ -186,6 +188,7 @@ def validate(config: RunConfig) -> None:
     _check(_is_real(c.smoothing) and 0 <= c.smoothing <= 100, "smoothing", c.smoothing, "a number in [0, 100] (0 disables)")
     _check(_is_int(c.batch_size) and 1 <= c.batch_size <= 65536, "batch_size", c.batch_size, "an integer in [1, 65536]")
     _check(_is_real(c.noise_multiplier) and 0 < c.noise_multiplier <= 1000, "noise_multiplier", c.noise_multiplier, "a number in (0, 1000]")
+    _check(c.target_epsilon is None or (_is_real(c.target_epsilon) and 0 < c.target_epsilon <= 1000), "target_epsilon", c.target_epsilon, "a number in (0, 1000] (or unset)")
     _check(_is_real(c.max_grad_norm) and 0 < c.max_grad_norm <= 1e6, "max_grad_norm", c.max_grad_norm, "a number in (0, 1e6]")
     _check(_is_real(c.delta) and 0 < c.delta < 1, "delta", c.delta, "a number in (0, 1)")
     _check(_is_real(c.secagg_clip_range) and 0 < c.secagg_clip_range <= 1e4, "secagg_clip_range", c.secagg_clip_range, "a number in (0, 1e4]")

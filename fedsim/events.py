@@ -26,6 +26,7 @@ class RoundMetrics:
     accuracy: float | None
     loss: float | None
     epsilon: float
+    epsilon_rdp: float
     delta: float
     clients: int
     seconds: float
@@ -52,8 +53,10 @@ class MethodSummary:
     loss: float
     epsilon: float
     epsilon_method: str
+    epsilon_rdp: float
     delta: float
     run_dir: str
+    ledger_fingerprint: str
     seconds: float
     aborted_rounds: int = 0
     dropped_processes: Mapping[int, str] = field(default_factory=dict)
@@ -65,7 +68,7 @@ class MethodSummary:
 class Observer(Protocol):
     """Callbacks the server (rank 0) makes while a job runs."""
 
-    def method_started(self, method: str, rounds: int) -> None: ...
+    def method_started(self, method: str, rounds: int, ledger_fingerprint: str) -> None: ...
 
     def round_finished(self, metrics: RoundMetrics) -> None: ...
 
@@ -75,7 +78,7 @@ class Observer(Protocol):
 class NullObserver:
     """An observer that ignores everything (non-interactive use, tests)."""
 
-    def method_started(self, method: str, rounds: int) -> None:
+    def method_started(self, method: str, rounds: int, ledger_fingerprint: str) -> None:
         pass
 
     def round_finished(self, metrics: RoundMetrics) -> None:

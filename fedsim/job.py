@@ -42,12 +42,11 @@ import torch
 
 from accounting import (
     METHOD_NONE,
+    BudgetTracker,
     EpsilonBound,
     Ledger,
     LedgerRecord,
     PoissonSubsampledGaussian,
-    client_mechanisms,
-    prv_epsilon,
 )
 from fedsim.algorithms import Method, get_method
 from fedsim.client import DPSettings, LocalClient, OptimSettings, RoundReport, secret_generator
@@ -249,20 +248,6 @@ def save_adapter(model, path: Path) -> None:
     staging.rename(path)
 
 
-class EpsilonCache:
-    """PRV ε per distinct mechanism history: identical clients cost one composition."""
-
-    def __init__(self, delta: float) -> None:
-        self.delta = delta
-        self._cache: dict[tuple[PoissonSubsampledGaussian, ...], EpsilonBound] = {}
-
-    def bound(self, mechanisms: Sequence[PoissonSubsampledGaussian]) -> EpsilonBound:
-        key = tuple(mechanisms)
-        if key not in self._cache:
-            self._cache[key] = prv_epsilon(mechanisms, self.delta)
-        return self._cache[key]
-
-
 def serve(
     config: RunConfig,
     relay: ServerRelay,
@@ -292,11 +277,11 @@ def serve(
     test_labels = task.data.test.labels
     initial_accuracy, loss = evaluate(model, test_inputs, test_labels, device=world.device)
     accuracy = initial_accuracy
-    records: list[LedgerRecord] = []
-    epsilons = EpsilonCache(config.delta)
+    budgets = BudgetTracker(config.delta)
     worst = EpsilonBound(0.0, 0.0, 0.0, config.delta, METHOD_NONE)  # nothing released yet
+    worst_rdp = 0.0
     aborted_rounds = 0
-    observer.method_started(method.name, config.rounds)
+    observer.method_started(method.name, config.rounds, ledger.fingerprint)
     for round_idx in range(1, config.rounds + 1):
         round_start = time.perf_counter()
         hosts = {rank: (rank,) for rank in relay.live}  # one client per process
@@ -328,10 +313,9 @@ def serve(
             for r in sorted(reports.values(), key=lambda r: r.client)
         ]
         ledger.append(new_records)
-        records.extend(new_records)
-        histories = client_mechanisms(records)
-        if histories:
-            worst = max((epsilons.bound(h) for h in histories.values()), key=lambda b: b.upper)
+        budget = budgets.add(new_records).worst()
+        if budget is not None:
+            worst, worst_rdp = budget.prv, budget.rdp
         evaluated = round_idx % config.eval_every == 0 or round_idx == config.rounds
         if evaluated:
             accuracy, loss = evaluate(model, test_inputs, test_labels, device=world.device)
@@ -341,6 +325,7 @@ def serve(
             accuracy=accuracy if evaluated else None,
             loss=loss if evaluated else None,
             epsilon=worst.upper,
+            epsilon_rdp=worst_rdp,
             delta=config.delta,
             clients=len(new_records),
             seconds=time.perf_counter() - round_start,
@@ -364,8 +349,10 @@ def serve(
         loss=loss,
         epsilon=worst.upper,
         epsilon_method=worst.method,
+        epsilon_rdp=worst_rdp,
         delta=config.delta,
         run_dir=str(out),
+        ledger_fingerprint=ledger.fingerprint,
         seconds=time.perf_counter() - started,
         aborted_rounds=aborted_rounds,
         dropped_processes=dict(relay.dropped),

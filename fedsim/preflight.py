@@ -7,19 +7,22 @@ the model registry or the secure-aggregation encoding. Each failure is a
 
 from __future__ import annotations
 
+import dataclasses
+
+from accounting import CalibrationError, Schedule, calibrate_schedule
 from fedsim.config import ConfigError, RunConfig
 from fedsim.data import load_dataset, partition
 from fedsim.secure_sum import secure_sum_config
 
 
-def check_data(config: RunConfig) -> None:
-    """The dataset loads and splits into ``num_clients`` non-empty shards."""
+def check_data(config: RunConfig) -> list[int]:
+    """The dataset loads and splits into ``num_clients`` non-empty shards; their sizes."""
     try:
         data = load_dataset(config.dataset, seed=config.seed, limit=config.limit)
     except (ValueError, FileNotFoundError) as exc:
         raise ConfigError("dataset", config.dataset, f"a loadable dataset ({exc})") from None
     try:
-        partition(
+        shards = partition(
             data.train.labels.numpy(),
             config.num_clients,
             scheme=config.partition,
@@ -30,6 +33,7 @@ def check_data(config: RunConfig) -> None:
         raise ConfigError(
             "num_clients", config.num_clients, f"a split of {len(data.train.labels)} training examples that gives every client data ({exc})"
         ) from None
+    return [len(shard) for shard in shards]
 
 
 def check_model(config: RunConfig) -> None:
@@ -86,9 +90,33 @@ def _secagg_field(message: str) -> str:
     return "secagg_threshold"
 
 
-def preflight(config: RunConfig) -> None:
-    """Run every check; raise :class:`ConfigError` on the first failure."""
+def calibrate_noise(config: RunConfig, shard_sizes: list[int]) -> RunConfig:
+    """With ``target_epsilon`` set, the config with the PRV-calibrated noise multiplier.
+
+    Every client runs ``rounds × local_steps`` steps at q = B / n_i; calibrating at the
+    smallest shard (the largest q) makes every client's ε meet the target
+    (:func:`accounting.calibrate_schedule`: the smallest σ, within its tolerance, whose
+    PRV upper bound is at most the target).
+    """
+    if config.target_epsilon is None:
+        return config
+    rate = min(1.0, config.batch_size / min(shard_sizes))
+    try:
+        calibration = calibrate_schedule(
+            Schedule(config.rounds, local_steps=config.local_steps, sample_rate=rate), config.target_epsilon, config.delta
+        )
+    except CalibrationError as exc:
+        raise ConfigError("target_epsilon", config.target_epsilon, f"a budget reachable at delta={config.delta:g} ({exc})") from None
+    return dataclasses.replace(config, noise_multiplier=calibration.noise_multiplier)
+
+
+def preflight(config: RunConfig) -> RunConfig:
+    """Run every check (raise :class:`ConfigError` on the first failure); the config to run.
+
+    The returned config differs from ``config`` only by a calibrated ``noise_multiplier``
+    when ``target_epsilon`` is set.
+    """
     check_model(config)
     check_secure_aggregation(config)
-    check_data(config)
+    return calibrate_noise(config, check_data(config))
 

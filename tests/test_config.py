@@ -3,6 +3,7 @@
 import pytest
 
 from fedsim.config import ConfigError, RunConfig, build_config, config_from_json, load_config_file
+from fedsim.preflight import preflight
 
 
 def test_defaults_are_valid_and_round_trip_through_json():
@@ -51,7 +52,6 @@ def test_image_dataset_needs_a_timm_model():
 
 
 def test_preflight_names_what_cannot_work(tmp_path):
-    from fedsim.preflight import preflight
 
     with pytest.raises(ConfigError, match="dataset.*missing.csv"):
         preflight(build_config(dataset=f"csv:{tmp_path / 'missing.csv'}"))
@@ -109,7 +109,6 @@ def test_dropout_schedule_from_toml_and_drop_options_merge_and_round_trip(tmp_pa
 
 
 def test_preflight_checks_secure_aggregation_with_the_protocols_checker():
-    from fedsim.preflight import preflight
 
     with pytest.raises(ConfigError, match="secagg_threshold=2 .*collusion"):
         preflight(build_config(num_clients=6, secagg_threshold=2, secagg_collusion=3))
@@ -120,3 +119,21 @@ def test_preflight_checks_secure_aggregation_with_the_protocols_checker():
     with pytest.raises(ConfigError, match="dropout_schedule.*client ids in \\[1, 4\\]"):
         preflight(build_config(dropout_schedule={1: {"ShareKeys": [9]}}))
     preflight(build_config(num_clients=6, secagg_graph="sparse", secagg_neighbours=4, secagg_threshold=3))
+
+
+def test_target_epsilon_calibrates_the_noise_before_the_run():
+    from accounting import Schedule, calibrate_schedule
+
+    config = preflight(build_config(target_epsilon=2.0, rounds=4, local_steps=3))
+    plain = build_config(rounds=4, local_steps=3)
+    assert config.noise_multiplier != plain.noise_multiplier and config.target_epsilon == 2.0
+    # default job: 2400 examples over 4 clients, B=32 -> q = 32/600 at the smallest shard
+    again = calibrate_schedule(Schedule(4, local_steps=3, sample_rate=32 / 600), 2.0, 1e-5)
+    assert config.noise_multiplier == again.noise_multiplier and again.epsilon.upper <= 2.0
+    assert preflight(plain) == plain  # no target: nothing changes
+
+
+@pytest.mark.parametrize("value", [0, -1.0, 1e9])
+def test_bad_target_epsilon_names_the_field(value):
+    with pytest.raises(ConfigError, match="target_epsilon"):
+        build_config(target_epsilon=value)

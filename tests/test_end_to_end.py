@@ -69,6 +69,19 @@ def test_budget_recomputes_the_printed_epsilon_from_the_ledger(text_run):
         assert all(r["steps"] == 2 * 2 for r in rows)
 
 
+def test_a_real_run_verifies_against_its_printed_fingerprint(text_run, tmp_path):
+    """The signed ledger of a real run passes `budget verify` pinned to the key the run printed."""
+    run_dir, result = text_run
+    for summary in result["results"]:
+        assert summary["epsilon_rdp"] >= summary["epsilon"] > 0  # RDP is the looser bound
+        out = run_dir / summary["method"]
+        fingerprint = summary["ledger_fingerprint"]
+        ok = fedsim("budget", "verify", str(out), "--fingerprint", fingerprint)
+        assert ok.returncode == 0, ok.stderr
+        wrong = fedsim("budget", "verify", str(out), "--fingerprint", "0" * 64)
+        assert wrong.returncode == 1
+
+
 def test_saved_adapter_loads_back_with_peft(text_run):
     import peft
 
