@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cli.budget import budget_app
+from cli.compare import compare_command
 from cli.plots import plot_run
 from fedsim.config import RunConfig
 from fedsim.rundir import CONFIG_FILE
@@ -46,6 +47,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(budget_app, name="budget")
+app.command("compare")(compare_command)
 console = Console(stderr=True)
 
 
@@ -76,7 +78,7 @@ class ProgressObserver:
 def summary_table(summaries, delta: float) -> Table:
     """The closing table: accuracy, loss, ε (upper, the guarantee) at δ, per method."""
     table = Table(title=f"fedsim: accuracy and privacy (ε upper bound at δ={delta:g})")
-    for column in ("method", "rounds", "untrained acc", "final acc", "loss", "ε (upper)", "accountant", "ε RDP", "time"):
+    for column in ("method", "rounds", "untrained acc", "final acc", "loss", "ε (upper)", "accountant", "ε RDP", "client-level ε", "time"):
         table.add_column(column, justify="left" if column == "method" else "right")
     for s in summaries:
         table.add_row(
@@ -88,6 +90,7 @@ def summary_table(summaries, delta: float) -> Table:
             f"{s.epsilon:.3f}",
             s.epsilon_method,
             f"{s.epsilon_rdp:.3f}",
+            "–" if s.client_level_epsilon is None else f"{s.client_level_epsilon:.3f}",
             f"{s.seconds:.0f}s",
         )
     return table
@@ -101,13 +104,19 @@ def fail(message: str, code: int = 2) -> None:
 @app.command()
 def run(
     config_file: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML file whose top-level keys are run options (underscored names); options given here override it."),
-    methods: Optional[str] = typer.Option(None, "--method", "-m", help="Comma-separated methods to compare: la-lora (alternating factors + smoothing), dp-lora (A and B together), ffa-lora (A frozen)." + default('methods')),
+    methods: Optional[str] = typer.Option(None, "--method", "-m", help="Comma-separated methods to compare: la-lora (factors alternate per step + smoothing), dp-lora (A and B together), ffa-lora (A frozen), rolora (factors alternate per round), deer (B then A each round, two secure sums; noise regulator under client-level DP)." + default('methods')),
     dataset: Optional[str] = typer.Option(None, help="wordnet-supersenses (bundled text), digits (scikit-learn), fashion-mnist (Debian package), csv:PATH (text,label) or imagefolder:PATH." + default('dataset')),
     model: Optional[str] = typer.Option(None, help="Text: all-MiniLM-L6-v2 (bundled weights) or a transformers checkpoint/dir. Images: a timm ViT or Swin name." + default('model')),
     pretrained: Optional[bool] = typer.Option(None, "--pretrained/--random-init", help="Start from pretrained weights (timm needs a model hub)."),
     img_size: Optional[int] = typer.Option(None, help="Image side in pixels for timm models." + default('img_size')),
     limit: Optional[int] = typer.Option(None, help="Use at most this many training examples (stratified)." + default('limit')),
     clients: Optional[int] = typer.Option(None, "--clients", "-n", help="Number of client processes (default 4; under torchrun: WORLD_SIZE - 1)."),
+    population: Optional[int] = typer.Option(None, help="Virtual clients, hosted round-robin by the client processes (default: one per process)."),
+    cohort: Optional[str] = typer.Option(None, help="Who trains each round: all, poisson (each client w.p. --cohort-rate; client-level DP amplified by q) or fixed (--cohort-size at random; no amplification claimed)." + default("cohort")),
+    cohort_rate: Optional[float] = typer.Option(None, help="Poisson cohort rate q." + default("cohort_rate")),
+    cohort_size: Optional[int] = typer.Option(None, help="Fixed cohort size m."),
+    client_noise_multiplier: Optional[float] = typer.Option(None, "--client-noise-multiplier", "--client-sigma", help="Client-level DP-FedAvg noise z (0 = off): each cohort member clips its update to --client-clip and adds its share of N(0, (z·S)²) before masking." + default("client_noise_multiplier")),
+    client_clip: Optional[float] = typer.Option(None, help="Client-level clipping norm S of a whole update." + default("client_clip")),
     rounds: Optional[int] = typer.Option(None, "--rounds", "-r", help="Communication rounds." + default('rounds')),
     local_steps: Optional[int] = typer.Option(None, "--local-steps", "-k", help="DP-SGD steps per client per round (K)." + default('local_steps')),
     batch_size: Optional[int] = typer.Option(None, help="Expected batch size B; Poisson sampling rate q = B / n_i." + default('batch_size')),
@@ -177,7 +186,8 @@ def run(
         config = build_config(
             file_values,
             methods=methods, dataset=dataset, model=model, pretrained=pretrained, img_size=img_size,
-            limit=limit, num_clients=clients, rounds=rounds, local_steps=local_steps, batch_size=batch_size,
+            limit=limit, num_clients=clients, population=population, cohort=cohort, cohort_rate=cohort_rate,
+            cohort_size=cohort_size, client_noise_multiplier=client_noise_multiplier, client_clip=client_clip, rounds=rounds, local_steps=local_steps, batch_size=batch_size,
             noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm, delta=delta, target_epsilon=target_epsilon, lr=lr,
             head_lr=head_lr, b_lr_ratio=b_lr_ratio, smoothing=smoothing, lora_rank=lora_rank,
             partition=partition, dirichlet_alpha=dirichlet_alpha, seed=seed, eval_every=eval_every,

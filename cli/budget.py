@@ -347,7 +347,10 @@ def compare_reported(folder: Path, records: Sequence) -> list[str]:
             where = f"{METRICS_FILE} line {number}"
             try:
                 row = json.loads(line)
-                round_, epsilon = row["round"], row["epsilon"]
+                missing = {"round", "epsilon"} - set(row)
+                if missing:
+                    raise KeyError(f"missing {sorted(missing)}")
+                round_ = row["round"]
             except (ValueError, KeyError, TypeError) as exc:
                 problems.append(f"{where}: unreadable ({exc})")
                 continue

@@ -88,10 +88,6 @@ class Method:
             return (Phase(frozenset({"B", "head"})), Phase(frozenset({"A", "head"})))
         raise ValueError(f"schedule={self.schedule!r} is unknown")
 
-    def sent_names(self, factors: Mapping[str, Mapping[str, object]]) -> list[str]:
-        """Transitional: the first round's layout (only right for single-phase methods)."""
-        return self.phases(1)[0].sent_names(factors)
-
     def all_sent_names(self, factors: Mapping[str, Mapping[str, object]]) -> list[str]:
         """Sorted names of every parameter any phase may send (what the server tracks)."""
         return sorted(name for factor in self.trainable for name in factors[factor])

@@ -209,15 +209,3 @@ class LocalTrainer:
         logger.debug("client %d ran %d steps at q=%.4f", shard.client_id, local_steps, shard.sample_rate)
         return update, report
 
-
-class LocalClient:
-    """Transitional: one client per process over :class:`LocalTrainer` (job.py moves to phases)."""
-
-    def __init__(self, *, client_id, model, factors, method, inputs, labels, dp, optim, device) -> None:
-        self.trainer = LocalTrainer(model=model, factors=factors, method=method, dp=dp, optim=optim, device=device)
-        self.shard = ClientShard.build(client_id, inputs, labels, dp.batch_size)
-        self.params = self.trainer.params
-        self.sent_names = method.phases(1)[0].sent_names(factors)
-
-    def train_round(self, global_vector, local_steps, after_step=None):
-        return self.trainer.train_phase(self.shard, global_vector, self.trainer.method.phases(1)[0], local_steps, after_step)

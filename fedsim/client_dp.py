@@ -38,13 +38,14 @@ def noise_share_std(noise_multiplier: float, clip_norm: float, cohort: int) -> f
 
 
 def realized_noise_multiplier(noise_multiplier: float, planned: int, survivors: int) -> float:
-    """The multiplier of the noise actually in the sum when ``survivors`` of ``planned`` shares arrive.
+    """The multiplier of the noise actually in the sum when ``survivors`` shares of std zS/√m arrive.
 
     Variance s·(zS)²/m over sensitivity S gives z·√(s/m); it is below the planned z as soon
-    as one client drops, and the ledger records this figure, not the planned one.
+    as fewer than m shares arrive (dropouts, a small Poisson cohort), and the ledger records
+    this figure, not the planned one.
     """
-    if not 0 <= survivors <= planned:
-        raise ValueError(f"survivors={survivors!r} is invalid: expected an integer in [0, {planned}]")
+    if planned < 1 or survivors < 0:
+        raise ValueError(f"survivors={survivors!r}, planned={planned!r} are invalid: expected survivors >= 0, planned >= 1")
     return noise_multiplier * math.sqrt(survivors / planned)
 
 

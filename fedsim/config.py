@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-METHODS = ("la-lora", "dp-lora", "ffa-lora")
+METHODS = ("la-lora", "dp-lora", "ffa-lora", "rolora", "deer")
+COHORTS = ("all", "poisson", "fixed")
 SECAGG_GRAPHS = ("full", "sparse")
 SECAGG_MODULUS_BITS = (32, 64)
 DROPOUT_STAGES = ("AdvertiseKeys", "ShareKeys", "MaskedInputCollection", "ConsistencyCheck", "Unmasking")
@@ -51,7 +52,13 @@ class RunConfig:
     max_length: int = 24
     limit: int | None = 2400
     # Federation.
-    num_clients: int = 4
+    num_clients: int = 4  # client processes
+    # Virtual clients hosted round-robin by the client processes (None: one per process),
+    # and each round's cohort: everyone, Poisson at cohort_rate, or cohort_size at random.
+    population: int | None = None
+    cohort: str = "all"
+    cohort_rate: float = 1.0
+    cohort_size: int | None = None
     rounds: int = 8
     local_steps: int = 6
     partition: str = "iid"
@@ -69,6 +76,10 @@ class RunConfig:
     noise_multiplier: float = 1.0
     max_grad_norm: float = 1.0
     delta: float = 1e-5
+    # Client-level DP-FedAvg with distributed noise (0 disables): each cohort member clips
+    # its whole update to client_clip and adds its share of N(0, (z·client_clip)²).
+    client_noise_multiplier: float = 0.0
+    client_clip: float = 1.0
     # When set, noise_multiplier is calibrated (PRV) so every client's ε meets it at delta.
     target_epsilon: float | None = None
     # Secure aggregation (Bonawitz et al. 2017; SecAgg+ graph: Bell et al. 2020).
@@ -102,6 +113,11 @@ class RunConfig:
     def modality(self) -> str:
         """"text" or "image", from the dataset name."""
         return dataset_modality(self.dataset)
+
+    @property
+    def population_size(self) -> int:
+        """Virtual clients in the federation (one per client process unless ``population`` is set)."""
+        return self.num_clients if self.population is None else self.population
 
     @property
     def world_size(self) -> int:
@@ -174,6 +190,12 @@ def validate(config: RunConfig) -> None:
     _check(_is_int(c.max_length) and 4 <= c.max_length <= 512, "max_length", c.max_length, "an integer in [4, 512]")
     _check(c.limit is None or (_is_int(c.limit) and c.limit >= 10), "limit", c.limit, "None or an integer >= 10")
     _check(_is_int(c.num_clients) and 1 <= c.num_clients <= 1024, "num_clients", c.num_clients, "an integer in [1, 1024]")
+    _check(c.population is None or (_is_int(c.population) and c.num_clients <= c.population <= 1_000_000), "population", c.population, f"None or an integer in [num_clients={c.num_clients}, 1000000]")
+    _check(c.cohort in COHORTS, "cohort", c.cohort, f"one of {COHORTS}")
+    _check(_is_real(c.cohort_rate) and 0 < c.cohort_rate <= 1, "cohort_rate", c.cohort_rate, "a number in (0, 1]")
+    _check(c.cohort != "fixed" or (_is_int(c.cohort_size) and 2 <= c.cohort_size <= c.population_size), "cohort_size", c.cohort_size, f"an integer in [2, population={c.population_size}] when cohort = 'fixed'")
+    _check(_is_real(c.client_noise_multiplier) and 0 <= c.client_noise_multiplier <= 1000, "client_noise_multiplier", c.client_noise_multiplier, "a number in [0, 1000] (0 disables client-level DP)")
+    _check(_is_real(c.client_clip) and 0 < c.client_clip <= 1e6, "client_clip", c.client_clip, "a number in (0, 1e6]")
     _check(_is_int(c.rounds) and 1 <= c.rounds <= 100_000, "rounds", c.rounds, "an integer in [1, 100000]")
     _check(_is_int(c.local_steps) and 1 <= c.local_steps <= 100_000, "local_steps", c.local_steps, "an integer in [1, 100000]")
     _check(c.partition in PARTITIONS, "partition", c.partition, f"one of {PARTITIONS}")

@@ -18,7 +18,9 @@ class RoundMetrics:
     ``survivors``: clients whose update is in the applied mean (0 when ``aborted``);
     ``dropped``: per stage ("LocalTraining" or a protocol stage), the clients lost there;
     ``aborted``: the secure sum did not complete, the global model is unchanged, and
-    ``abort_reason`` says why.
+    ``abort_reason`` says why. ``train_seconds``: the server's wait for local training
+    (the clients' reports); ``eval_seconds``: evaluation; the rest of ``seconds`` is
+    orchestration (cohort, relay, secure aggregation, ledger, accounting, checkpoint).
     """
 
     method: str
@@ -30,6 +32,8 @@ class RoundMetrics:
     delta: float
     clients: int
     seconds: float
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
     survivors: int = 0
     dropped: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     aborted: bool = False
@@ -43,7 +47,10 @@ class RoundMetrics:
 class MethodSummary:
     """The outcome of one method: what the final table shows, also saved as summary.json.
 
-    ``dropped_processes``: client processes dropped so far in the run (rank: why).
+    ``epsilon``/``epsilon_rdp``: the worst client's sample-level ε (PRV upper bound, RDP);
+    ``client_level_epsilon``: the population's client-level ε (PRV upper bound), None
+    without client-level DP. ``dropped_processes``: client processes dropped so far in the
+    run (rank: why).
     """
 
     method: str
@@ -54,6 +61,7 @@ class MethodSummary:
     epsilon: float
     epsilon_method: str
     epsilon_rdp: float
+    client_level_epsilon: float | None
     delta: float
     run_dir: str
     ledger_fingerprint: str

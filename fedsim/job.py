@@ -1,12 +1,17 @@
 """One federated job as seen from one rank: the server's loop and the clients' loop.
 
-Per method, per round (DESIGN.md, "One round"):
+Per method, per round (DESIGN.md, "One round"), the server draws the cohort from the
+population (:mod:`fedsim.population`; every client process hosts its share of the virtual
+clients), then for each phase of the method's round (:mod:`fedsim.algorithms`: one for
+most methods, two for DEeR), one secure sum:
 
-1. the server sends every live client process the global values of the factors this
-   method sends (a ROUND frame, point to point: :mod:`fedsim.relay`);
+1. the server sends every live client process hosting cohort members the global values of
+   the method's trainable factors (a ROUND frame, point to point: :mod:`fedsim.relay`);
 2. the secure sum starts (:mod:`fedsim.secure_sum`): its key stages (AdvertiseKeys,
    ShareKeys) need no data and run first; when MaskedInputCollection asks for a client's
-   input, the client runs K local DP-SGD steps (:class:`~fedsim.client.LocalClient`),
+   input, the client runs the phase's share of the K local DP-SGD steps
+   (:class:`~fedsim.client.LocalTrainer`), with client-level DP clips its update and adds
+   its noise share (:class:`ClientLevelNoise`),
    reports the mechanism it ran (a REPORT frame) and sends its masked update. The server
    only ever holds masked vectors and their sum; clients may drop out at any stage, and
    the sum is the survivors';
@@ -46,17 +51,21 @@ from accounting import (
     EpsilonBound,
     Ledger,
     LedgerRecord,
+    ClientLevelGaussian,
     PoissonSubsampledGaussian,
 )
-from fedsim.algorithms import Method, get_method
-from fedsim.client import DPSettings, LocalClient, OptimSettings, RoundReport, secret_generator
+from fedsim.algorithms import Method, get_method, phase_steps
+from fedsim.client import ClientShard, DPSettings, LocalTrainer, OptimSettings, RoundReport, secret_generator
+from fedsim.client_dp import add_noise_share, clip_update, noise_share_std, realized_noise_multiplier
 from fedsim.config import RunConfig
-from fedsim.data import DatasetSplits, load_dataset, partition, prepare_images, subset
+from fedsim.data import DatasetSplits, load_dataset, partition, prepare_images
+from fedsim.deer import regulated_noise
 from fedsim.evaluation import evaluate
 from fedsim.events import MethodSummary, NullObserver, Observer, RoundMetrics
 from fedsim.framing import Frame, FrameError, Kind, pack_ids, unpack_ids
 from fedsim.models import ModelSpec, build_model, build_tokenizer, factor_parameters, tokenize
 from fedsim.relay import ClientRelay, Evicted, ServerRelay
+from fedsim.population import CohortSampling, Population, cohort_sampling
 from fedsim.rundir import ADAPTER_DIR, LEDGER_FILE, METRICS_FILE, SUMMARY_FILE, method_run_dir
 from fedsim.runtime import SERVER_RANK, World
 from fedsim.secure_sum import (
@@ -67,6 +76,7 @@ from fedsim.secure_sum import (
     secure_sum_config,
     server_secure_sum,
 )
+from fedsim.stages import RoundOutcome
 from fedsim.state import add_flat, assign_flat, flatten
 from fedsim.wire import pack_report, pack_vector, unpack_report, unpack_vector
 from secagg.params import SESSION_BYTES
@@ -182,56 +192,98 @@ def participate(config: RunConfig, relay: ClientRelay, world: World, task: Task,
     """A client process: each round, train the hosted clients asked to and send masked updates."""
     setup = relay.receive(Kind.SETUP)
     params = all_factor_params(factors)
-    all_names = sorted(params)
+    every = sorted(params)
     session = bytes(setup.entries.get(0, b""))
     if len(session) != SESSION_BYTES:
         raise FrameError(f"SETUP carries a {len(session)}-byte session id, expected {SESSION_BYTES}")
-    dim_all = sum(params[n].numel() for n in all_names)
-    assign_flat(params, all_names, unpack_vector(setup.entries.get(1, b""), dim_all, "initial state"))
-    client_id = world.rank
-    shards = partition(
-        task.data.train.labels.numpy(),
-        world.num_clients,
-        scheme=config.partition,
-        alpha=config.dirichlet_alpha,
-        seed=config.seed,
-    )
-    shard = subset(task.data.train, shards[client_id - 1])
-    client = LocalClient(
-        client_id=client_id,
+    initial = unpack_vector(setup.entries.get(1, b""), sum(params[n].numel() for n in every), "initial state")
+    assign_flat(params, every, initial)
+    population = Population(config.population_size, world.num_clients)
+    hosted = population.hosted_by(world.rank)
+    trainer = LocalTrainer(
         model=model,
         factors=factors,
         method=method,
-        inputs=model_inputs(task, shard, config),
-        labels=shard.labels,
         dp=DPSettings(config.batch_size, config.noise_multiplier, config.max_grad_norm),
         optim=OptimSettings(config.optimizer, config.lr, config.head_lr, config.b_lr_ratio, config.smoothing),
         device=world.device,
     )
-    dim = sum(client.params[n].numel() for n in client.sent_names)
+    shards = hosted_shards(config, task, population, hosted)
+    all_names = method.all_sent_names(factors)
+    dim_all = sum(params[n].numel() for n in all_names)
+    privatizer = ClientLevelNoise.from_config(config, method, factors) if config.client_noise_multiplier > 0 else None
     secagg = secure_sum_config(config)
     dropouts = dropout_plan(config)
     rounding = secret_generator(torch.device("cpu"))  # stochastic rounding in the fixed-point encoding
+    phases = len(method.phases(1))
     while (frame := relay.receive(Kind.ROUND, Kind.DONE)).kind == Kind.ROUND:
-        global_vector = unpack_vector(frame.entries.get(0, b""), dim, f"round {frame.round} global state")
+        round_idx, phase_idx = round_and_phase(frame.round, phases)
+        phase = method.phases(round_idx)[phase_idx]
+        steps = phase_steps(config.local_steps, phases)[phase_idx]
+        global_vector = unpack_vector(frame.entries.get(0, b""), dim_all, f"round {round_idx} global state").to(world.device)
         selected = unpack_ids(frame.entries.get(1, b""), "clients to train")
 
-        def train(client_ids: list[int], round_idx: int = frame.round) -> dict[int, torch.Tensor]:
+        def train(client_ids: list[int], exchange: int = frame.round, phase=phase, steps: int = steps, global_vector=global_vector) -> dict[int, torch.Tensor]:
             """Local training of the clients the protocol asks for input, then their REPORT."""
             updates, reports = {}, {}
             for cid in client_ids:
-                if cid != client_id:
+                if cid not in shards:
                     raise FrameError(f"the server asked for the input of client {cid}, not hosted here")
-                update, report = client.train_round(global_vector.to(world.device), config.local_steps)
+                update, report = trainer.train_phase(shards[cid], global_vector, phase, steps)
+                if privatizer is not None:
+                    update = privatizer.apply(update, phase)
                 updates[cid] = update.cpu()
                 reports[cid] = pack_report(report)
-            relay.send(Frame(Kind.REPORT, round_idx, entries=reports))
+            relay.send(Frame(Kind.REPORT, exchange, entries=reports))
             return updates
 
         client_secure_sum(
-            relay, selected, train, session=session, round_idx=frame.round, dim=dim,
+            relay, selected, train, session=session, round_idx=frame.round,
+            dim=sum(params[n].numel() for n in phase.sent_names(factors)),
             config=secagg, generator=rounding, dropouts=dropouts,
         )
+
+
+def hosted_shards(config: RunConfig, task: Task, population: Population, hosted: Sequence[int]) -> dict[int, ClientShard]:
+    """The records of the clients this process hosts: the population's seeded partition, tokenized once."""
+    labels = task.data.train.labels
+    indices = partition(labels.numpy(), population.size, scheme=config.partition, alpha=config.dirichlet_alpha, seed=config.seed)
+    inputs = model_inputs(task, task.data.train, config)
+    return {
+        cid: ClientShard.build(cid, tuple(x[indices[cid - 1]] for x in inputs), labels[indices[cid - 1]], config.batch_size)
+        for cid in hosted
+    }
+
+
+@dataclass
+class ClientLevelNoise:
+    """Client-level DP on one cohort member's update: clip to S, add this client's noise share.
+
+    Shares of standard deviation zS/√m (:mod:`fedsim.client_dp`), m the planned cohort;
+    shaped by DEeR's regulator (:mod:`fedsim.deer`) for ``deer``, whose shaped noise is at
+    least as large as the isotropic share in every direction.
+    """
+
+    clip: float
+    std: float
+    method: Method
+    factors: Mapping[str, Mapping[str, torch.nn.Parameter]]
+    generator: torch.Generator
+
+    @classmethod
+    def from_config(cls, config: RunConfig, method: Method, factors) -> "ClientLevelNoise":
+        planned = cohort_sampling(config).expected_size(config.population_size)
+        std = noise_share_std(config.client_noise_multiplier, config.client_clip, planned)
+        return cls(config.client_clip, std, method, factors, secret_generator(torch.device("cpu")))
+
+    def apply(self, update: torch.Tensor, phase) -> torch.Tensor:
+        clipped = clip_update(update.cpu(), self.clip)
+        if not self.method.noise_regulator:
+            return add_noise_share(clipped, self.std, self.generator)
+        params = all_factor_params(self.factors)
+        layout = [(n, params[n].shape) for n in phase.sent_names(self.factors)]
+        frozen = {n: p.detach().cpu() for f, named in self.factors.items() if f not in phase.sent for n, p in named.items()}
+        return clipped + regulated_noise(layout, frozen, self.std, self.generator)
 
 
 def save_adapter(model, path: Path) -> None:
@@ -269,10 +321,13 @@ def serve(
     setup = Frame(Kind.SETUP, entries={0: session, 1: pack_vector(flatten(params, sorted(params)))})
     for rank in relay.live:
         relay.send(rank, setup)
-    names = method.sent_names(factors)
-    dim = sum(params[n].numel() for n in names)
+    all_names = method.all_sent_names(factors)
     secagg = secure_sum_config(config)
-    relay.set_max_body_bytes(reply_limit(dim, cohort=world.num_clients, hosted=1))
+    population = Population(config.population_size, world.num_clients)
+    sampling = cohort_sampling(config)
+    planned = sampling.expected_size(population.size)
+    hosted_max = len(population.hosted_by(1))
+    relay.set_max_body_bytes(reply_limit(sum(params[n].numel() for n in all_names), cohort=population.size, hosted=hosted_max))
     test_inputs = model_inputs(task, task.data.test, config)
     test_labels = task.data.test.labels
     initial_accuracy, loss = evaluate(model, test_inputs, test_labels, device=world.device)
@@ -280,45 +335,64 @@ def serve(
     budgets = BudgetTracker(config.delta)
     worst = EpsilonBound(0.0, 0.0, 0.0, config.delta, METHOD_NONE)  # nothing released yet
     worst_rdp = 0.0
+    client_level: float | None = None  # the population's client-level ε, when client-level DP is on
     aborted_rounds = 0
     observer.method_started(method.name, config.rounds, ledger.fingerprint)
     for round_idx in range(1, config.rounds + 1):
         round_start = time.perf_counter()
-        hosts = {rank: (rank,) for rank in relay.live}  # one client per process
-        require_enough_clients(secagg, hosts, relay, round_idx)
-        vector = pack_vector(flatten(params, names))
-        for rank, clients in hosts.items():
-            relay.send(rank, Frame(Kind.ROUND, round_idx, entries={0: vector, 1: pack_ids(clients)}))
-        reports: dict[int, RoundReport] = {}
+        members = set(sampling.sample(population.size))
+        hosts = {rank: ids for rank in relay.live if (ids := tuple(c for c in population.hosted_by(rank) if c in members))}
+        outcomes, round_records = [], []
+        timings = {"train": 0.0, "eval": 0.0}
+        phases = method.phases(round_idx)
+        for phase_idx, (phase, steps) in enumerate(zip(phases, phase_steps(config.local_steps, len(phases)))):
+            exchange = exchange_index(round_idx, phase_idx, len(phases))
+            hosts = {rank: ids for rank, ids in hosts.items() if rank in relay.live}
+            require_enough_clients(secagg, hosts, relay, round_idx)
+            names = phase.sent_names(factors)
+            vector = pack_vector(flatten(params, all_names))
+            for rank, clients in hosts.items():
+                relay.send(rank, Frame(Kind.ROUND, exchange, entries={0: vector, 1: pack_ids(clients)}))
+            reports: dict[int, RoundReport] = {}
 
-        def await_training(ranks: list[int], round_idx: int = round_idx) -> None:
-            """Clients train when asked for their masked input: wait (timeout_s) for their reports."""
-            reports.update(gather_reports(relay, {r: hosts[r] for r in ranks}, round_idx, config.local_steps, config.timeout_s))
+            def await_training(ranks: list[int], exchange: int = exchange, steps: int = steps) -> None:
+                """Clients train when asked for their masked input: wait (timeout_s) for their reports."""
+                waited = time.perf_counter()
+                reports.update(gather_reports(relay, {r: hosts[r] for r in ranks}, exchange, steps, config.timeout_s))
+                timings["train"] += time.perf_counter() - waited
 
-        cohort = tuple(sorted(c for ids in hosts.values() for c in ids))
-        result = server_secure_sum(
-            relay, hosts, session=session, round_idx=round_idx, cohort=cohort, dim=dim, config=secagg,
-            before_input=await_training,
-        )
-        outcome = result.outcome
-        if result.mean is not None:
-            add_flat(params, names, result.mean)
-        new_records = [
-            LedgerRecord(
-                round=round_idx,
-                client=r.client,
-                mechanism=PoissonSubsampledGaussian(r.noise_multiplier, r.sample_rate, r.steps),
-                delta=config.delta,
+            cohort = tuple(sorted(c for ids in hosts.values() for c in ids))
+            result = server_secure_sum(
+                relay, hosts, session=session, round_idx=exchange, cohort=cohort,
+                dim=sum(params[n].numel() for n in names), config=secagg, before_input=await_training,
             )
-            for r in sorted(reports.values(), key=lambda r: r.client)
-        ]
+            outcomes.append(result.outcome)
+            if result.mean is not None:
+                add_flat(params, names, result.mean)
+            round_records += [
+                LedgerRecord(
+                    round=round_idx,
+                    client=r.client,
+                    mechanism=PoissonSubsampledGaussian(r.noise_multiplier, r.sample_rate, r.steps),
+                    delta=config.delta,
+                )
+                for r in sorted(reports.values(), key=lambda r: r.client)
+            ]
+            if config.client_noise_multiplier > 0 and not result.outcome.aborted:
+                round_records.append(client_level_record(config, round_idx, sampling, planned, population.size, len(result.outcome.survivors)))
+        outcome = merge_outcomes(outcomes)
+        new_records = round_records
         ledger.append(new_records)
-        budget = budgets.add(new_records).worst()
-        if budget is not None:
-            worst, worst_rdp = budget.prv, budget.rdp
+        snapshot = budgets.add(new_records)
+        if snapshot.worst() is not None:
+            worst, worst_rdp = snapshot.worst().prv, snapshot.worst().rdp
+        if snapshot.population is not None:
+            client_level = snapshot.population.prv.upper
         evaluated = round_idx % config.eval_every == 0 or round_idx == config.rounds
         if evaluated:
+            waited = time.perf_counter()
             accuracy, loss = evaluate(model, test_inputs, test_labels, device=world.device)
+            timings["eval"] = time.perf_counter() - waited
         row = RoundMetrics(
             method=method.name,
             round=round_idx,
@@ -327,8 +401,10 @@ def serve(
             epsilon=worst.upper,
             epsilon_rdp=worst_rdp,
             delta=config.delta,
-            clients=len(new_records),
+            clients=len({r.client for r in new_records if r.client is not None}),
             seconds=time.perf_counter() - round_start,
+            train_seconds=timings["train"],
+            eval_seconds=timings["eval"],
             survivors=len(outcome.survivors),
             dropped=dict(outcome.dropped),
             aborted=outcome.aborted,
@@ -350,6 +426,7 @@ def serve(
         epsilon=worst.upper,
         epsilon_method=worst.method,
         epsilon_rdp=worst_rdp,
+        client_level_epsilon=client_level,
         delta=config.delta,
         run_dir=str(out),
         ledger_fingerprint=ledger.fingerprint,
@@ -360,6 +437,50 @@ def serve(
     (out / SUMMARY_FILE).write_text(json.dumps(summary.to_dict(), indent=2))
     observer.method_finished(summary)
     return summary
+
+
+def exchange_index(round_idx: int, phase_idx: int, phases: int) -> int:
+    """The protocol round of one phase: a fresh index per secure sum, so no message replays across phases."""
+    return (round_idx - 1) * phases + phase_idx + 1
+
+
+def round_and_phase(exchange: int, phases: int) -> tuple[int, int]:
+    """Inverse of :func:`exchange_index`: (round, phase index)."""
+    round_idx, phase_idx = divmod(exchange - 1, phases)
+    return round_idx + 1, phase_idx
+
+
+def client_level_record(config: RunConfig, round_idx: int, sampling: CohortSampling, planned: int, population: int, survivors: int) -> LedgerRecord:
+    """The population's client-level release of one secure sum, at the noise the survivors added."""
+    return LedgerRecord(
+        round=round_idx,
+        client=None,
+        mechanism=ClientLevelGaussian(
+            realized_noise_multiplier(config.client_noise_multiplier, planned, survivors),
+            cohort_size=planned,
+            population=population,
+            steps=1,
+            sampling=sampling.accounting_name,
+        ),
+        delta=config.delta,
+    )
+
+
+def merge_outcomes(outcomes: Sequence[RoundOutcome]) -> RoundOutcome:
+    """One round's outcome from its phases': aborted if any phase aborted, survivors of the last."""
+    dropped: dict[str, tuple[int, ...]] = {}
+    for outcome in outcomes:
+        for stage, ids in outcome.dropped.items():
+            dropped[stage] = tuple(sorted(set(dropped.get(stage, ())) | set(ids)))
+    aborted = [o for o in outcomes if o.aborted]
+    last = outcomes[-1]
+    return RoundOutcome(
+        cohort=outcomes[0].cohort,
+        survivors=() if aborted else last.survivors,
+        aborted=bool(aborted),
+        abort_reason="; ".join(o.abort_reason or "" for o in aborted) or None,
+        dropped=dropped,
+    )
 
 
 def require_enough_clients(secagg: SecureSumConfig, hosts: Mapping[int, Sequence[int]], relay: ServerRelay, round_idx: int) -> None:

@@ -14,14 +14,17 @@ seed: amplification by subsampling is only a guarantee if who took part stays se
   is then a Poisson-subsampled Gaussian with that q (McMahan et al., ICLR 2018, Sec. 3),
   which is what the accountant composes.
 - ``fixed``: exactly m clients, uniformly without replacement. The Poisson analysis does
-  not formally apply (PAPERS.md, "Privacy accounting facts"); fedsim accounts fixed cohorts
-  with no amplification (q = 1), a sound but loose bound, and says so in the ledger.
+  not formally apply (PAPERS.md, "Privacy accounting facts"); the accountant claims no
+  amplification for them (:class:`accounting.ClientLevelGaussian`, ``"fixed_size"``), a
+  sound but loose bound.
 """
 
 from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+
+from fedsim.config import RunConfig
 
 COHORT_KINDS = ("poisson", "fixed")
 
@@ -74,9 +77,10 @@ class CohortSampling:
             return min(self.size, population)
         return max(1, round(self.rate * population))
 
-    def amplification_rate(self, population: int) -> float:
-        """The q the client-level accountant may use: the Poisson rate, or 1 for fixed cohorts."""
-        return self.rate if self.kind == "poisson" else 1.0
+    @property
+    def accounting_name(self) -> str:
+        """How the ledger names this sampling (:class:`accounting.ClientLevelGaussian`)."""
+        return "poisson" if self.kind == "poisson" else "fixed_size"
 
     def sample(self, population: int) -> tuple[int, ...]:
         """Draw one round's cohort from the OS CSPRNG (sorted client ids, possibly empty)."""
@@ -87,3 +91,10 @@ class CohortSampling:
             return tuple(range(1, population + 1))
         return tuple(c for c in range(1, population + 1) if rng.random() < self.rate)
 
+
+
+def cohort_sampling(config: RunConfig) -> CohortSampling:
+    """A run's cohort rule (``all`` is Poisson at rate 1: everyone, every round)."""
+    if config.cohort == "fixed":
+        return CohortSampling("fixed", size=config.cohort_size)
+    return CohortSampling("poisson", rate=config.cohort_rate if config.cohort == "poisson" else 1.0)

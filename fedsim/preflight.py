@@ -12,11 +12,12 @@ import dataclasses
 from accounting import CalibrationError, Schedule, calibrate_schedule
 from fedsim.config import ConfigError, RunConfig
 from fedsim.data import load_dataset, partition
+from fedsim.population import cohort_sampling
 from fedsim.secure_sum import secure_sum_config
 
 
 def check_data(config: RunConfig) -> list[int]:
-    """The dataset loads and splits into ``num_clients`` non-empty shards; their sizes."""
+    """The dataset loads and splits into one non-empty shard per (virtual) client; their sizes."""
     try:
         data = load_dataset(config.dataset, seed=config.seed, limit=config.limit)
     except (ValueError, FileNotFoundError) as exc:
@@ -24,14 +25,14 @@ def check_data(config: RunConfig) -> list[int]:
     try:
         shards = partition(
             data.train.labels.numpy(),
-            config.num_clients,
+            config.population_size,
             scheme=config.partition,
             alpha=config.dirichlet_alpha,
             seed=config.seed,
         )
     except ValueError as exc:
         raise ConfigError(
-            "num_clients", config.num_clients, f"a split of {len(data.train.labels)} training examples that gives every client data ({exc})"
+            "population" if config.population else "num_clients", config.population_size, f"a split of {len(data.train.labels)} training examples that gives every client data ({exc})"
         ) from None
     return [len(shard) for shard in shards]
 
@@ -53,15 +54,16 @@ def check_secure_aggregation(config: RunConfig) -> None:
     the chance that too few survive the configured dropout rate.
     """
     settings = secure_sum_config(config)
+    cohort = cohort_sampling(config).expected_size(config.population_size)
     try:
-        settings.codec(config.num_clients)
+        settings.codec(config.population_size)  # headroom for the largest cohort: everyone
     except ValueError as exc:
         raise ConfigError(
             "secagg_clip_range", config.secagg_clip_range,
             f"a range whose cohort sum fits Z_(2^{config.secagg_modulus_bits}) ({exc})",
         ) from None
     try:
-        settings.shape(config.num_clients)
+        settings.shape(cohort)
     except ValueError as exc:
         field = _secagg_field(str(exc))
         hint = (
@@ -69,14 +71,14 @@ def check_secure_aggregation(config: RunConfig) -> None:
             if "survive" in str(exc) else ""
         )
         raise ConfigError(
-            field, getattr(config, field), f"parameters the protocol accepts for {config.num_clients} clients: {exc}{hint}"
+            field, getattr(config, field), f"parameters the protocol accepts for a cohort of {cohort} clients: {exc}{hint}"
         ) from None
     for round_idx, stages in config.dropout_schedule.items():
-        unknown = sorted({c for ids in stages.values() for c in ids if c > config.num_clients})
+        unknown = sorted({c for ids in stages.values() for c in ids if c > config.population_size})
         if round_idx > config.rounds or unknown:
             raise ConfigError(
                 "dropout_schedule", {round_idx: dict(stages)},
-                f"rounds in [1, {config.rounds}] and client ids in [1, {config.num_clients}]",
+                f"rounds in [1, {config.rounds}] and client ids in [1, {config.population_size}]",
             )
 
 

@@ -26,7 +26,7 @@ def test_fixed_cohort_has_its_size_and_no_amplification():
     sampling = CohortSampling("fixed", size=50)
     cohort = sampling.sample(1000)
     assert len(cohort) == 50 == len(set(cohort)) and all(1 <= c <= 1000 for c in cohort)
-    assert sampling.expected_size(1000) == 50 and sampling.amplification_rate(1000) == 1.0
+    assert sampling.expected_size(1000) == 50 and sampling.accounting_name == "fixed_size"
 
 
 def test_poisson_cohort_size_is_binomial_and_draws_differ():
@@ -36,7 +36,7 @@ def test_poisson_cohort_size_is_binomial_and_draws_differ():
     # Binomial(1000, 0.05): mean 50, sd 6.9; the mean of 200 draws has sd 0.49
     assert 47 < mean < 53
     assert len({sampling.sample(1000) for _ in range(5)}) == 5  # CSPRNG, not a fixed seed
-    assert sampling.expected_size(1000) == 50 and sampling.amplification_rate(1000) == 0.05
+    assert sampling.expected_size(1000) == 50 and sampling.accounting_name == "poisson"
 
 
 @pytest.mark.parametrize(

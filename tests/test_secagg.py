@@ -12,7 +12,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from secagg import (
-    MASK_NONCE,
     FixedPointCodec,
     Keystream,
     fixed_point_frac_bits,
