@@ -137,3 +137,25 @@ def test_target_epsilon_calibrates_the_noise_before_the_run():
 def test_bad_target_epsilon_names_the_field(value):
     with pytest.raises(ConfigError, match="target_epsilon"):
         build_config(target_epsilon=value)
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"population": 3}, "population"),  # fewer virtual clients than the 4 processes
+        ({"cohort": "sometimes"}, "cohort"),
+        ({"cohort": "poisson", "cohort_rate": 1.5}, "cohort_rate"),
+        ({"cohort": "fixed", "population": 8, "cohort_size": 9}, "cohort_size"),
+        ({"client_noise_multiplier": -1.0}, "client_noise_multiplier"),
+        ({"client_clip": 0}, "client_clip"),
+        ({"methods": "la-lora,fedavg"}, "methods"),
+    ],
+)
+def test_population_and_client_level_fields_name_themselves(overrides, field):
+    with pytest.raises(ConfigError, match=f"^{field}="):
+        build_config(**overrides)
+
+
+def test_preflight_partitions_over_the_population():
+    with pytest.raises(ConfigError, match="population=5000"):
+        preflight(build_config(population=5000, limit=100))

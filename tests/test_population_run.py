@@ -58,3 +58,24 @@ def test_the_population_run_verifies(population_run):
     for summary in result["results"]:
         checked = fedsim("budget", "verify", summary["run_dir"], "--fingerprint", summary["ledger_fingerprint"])
         assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_compare_writes_csv_markdown_and_plot(tmp_path):
+    config = tmp_path / "small.toml"
+    config.write_text("num_clients = 2\nrounds = 1\nlocal_steps = 2\nlimit = 160\nbatch_size = 16\neval_every = 1\n")
+    out = tmp_path / "cmp"
+    completed = fedsim("compare", "-m", "la-lora,rolora", "-e", "4", "-s", "0", "-c", str(config), "-o", str(out))
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    rows = json.loads(completed.stdout.strip().splitlines()[-1])["rows"]
+    assert [r["method"] for r in rows] == ["la-lora", "rolora"]
+    assert all(r["epsilon"] <= 4.0 and r["target_epsilon"] == 4.0 for r in rows)  # calibrated, same σ for both
+    assert rows[0]["noise_multiplier"] == rows[1]["noise_multiplier"]
+    table = (out / "results.md").read_text()
+    assert "| la-lora |" in table and "ε = 4" in table
+    assert (out / "results.csv").read_text().count("\n") == 3
+    assert (out / "accuracy_vs_epsilon.png").stat().st_size > 5_000
+
+
+def test_compare_refuses_bad_targets(tmp_path):
+    completed = fedsim("compare", "-e", "1,-2", "-o", str(tmp_path / "x"))
+    assert completed.returncode == 2 and "epsilons" in completed.stderr
