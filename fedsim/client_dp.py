@@ -18,8 +18,13 @@ which is what the ledger must record.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Mapping
 
 import torch
+
+from fedsim.algorithms import Method, Phase
+from fedsim.deer import regulated_noise
 
 
 def clip_update(update: torch.Tensor, clip_norm: float) -> torch.Tensor:
@@ -53,3 +58,30 @@ def add_noise_share(update: torch.Tensor, std: float, generator: torch.Generator
     """``update`` plus isotropic Gaussian noise of standard deviation ``std`` (one client's share)."""
     noise = torch.randn(update.shape, generator=generator, device=update.device, dtype=update.dtype)
     return update + std * noise
+
+
+@dataclass
+class ClientLevelNoise:
+    """Client-level DP on one cohort member's update: clip to S, add this client's noise share.
+
+    Shares of standard deviation zS/√m (:func:`noise_share_std`), m the planned cohort;
+    shaped by DEeR's regulator (:mod:`fedsim.deer`) for methods with ``noise_regulator``;
+    the shaped noise is at least as large as the isotropic share in every direction. The
+    frozen factors' current values are the global ones: a phase never trains them.
+    """
+
+    clip: float
+    std: float
+    method: Method
+    factors: Mapping[str, Mapping[str, torch.nn.Parameter]]
+    generator: torch.Generator
+
+    def apply(self, update: torch.Tensor, phase: Phase) -> torch.Tensor:
+        """The clipped update plus this client's (shaped, for DEeR) noise share."""
+        clipped = clip_update(update.cpu(), self.clip)
+        if not self.method.noise_regulator:
+            return add_noise_share(clipped, self.std, self.generator)
+        params = {n: p for named in self.factors.values() for n, p in named.items()}
+        layout = [(n, params[n].shape) for n in phase.sent_names(self.factors)]
+        frozen = {n: p.detach().cpu() for f, named in self.factors.items() if f not in phase.sent for n, p in named.items()}
+        return clipped + regulated_noise(layout, frozen, self.std, self.generator)

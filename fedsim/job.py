@@ -56,10 +56,9 @@ from accounting import (
 )
 from fedsim.algorithms import Method, get_method, phase_steps
 from fedsim.client import ClientShard, DPSettings, LocalTrainer, OptimSettings, RoundReport, secret_generator
-from fedsim.client_dp import add_noise_share, clip_update, noise_share_std, realized_noise_multiplier
+from fedsim.client_dp import ClientLevelNoise, noise_share_std, realized_noise_multiplier
 from fedsim.config import RunConfig
 from fedsim.data import DatasetSplits, load_dataset, partition, prepare_images
-from fedsim.deer import regulated_noise
 from fedsim.evaluation import evaluate
 from fedsim.events import MethodSummary, NullObserver, Observer, RoundMetrics
 from fedsim.framing import Frame, FrameError, Kind, pack_ids, unpack_ids
@@ -211,7 +210,11 @@ def participate(config: RunConfig, relay: ClientRelay, world: World, task: Task,
     shards = hosted_shards(config, task, population, hosted)
     all_names = method.all_sent_names(factors)
     dim_all = sum(params[n].numel() for n in all_names)
-    privatizer = ClientLevelNoise.from_config(config, method, factors) if config.client_noise_multiplier > 0 else None
+    privatizer = None
+    if config.client_noise_multiplier > 0:
+        planned = cohort_sampling(config).expected_size(config.population_size)
+        std = noise_share_std(config.client_noise_multiplier, config.client_clip, planned)
+        privatizer = ClientLevelNoise(config.client_clip, std, method, factors, secret_generator(torch.device("cpu")))
     secagg = secure_sum_config(config)
     dropouts = dropout_plan(config)
     rounding = secret_generator(torch.device("cpu"))  # stochastic rounding in the fixed-point encoding
@@ -253,37 +256,6 @@ def hosted_shards(config: RunConfig, task: Task, population: Population, hosted:
         cid: ClientShard.build(cid, tuple(x[indices[cid - 1]] for x in inputs), labels[indices[cid - 1]], config.batch_size)
         for cid in hosted
     }
-
-
-@dataclass
-class ClientLevelNoise:
-    """Client-level DP on one cohort member's update: clip to S, add this client's noise share.
-
-    Shares of standard deviation zS/√m (:mod:`fedsim.client_dp`), m the planned cohort;
-    shaped by DEeR's regulator (:mod:`fedsim.deer`) for ``deer``, whose shaped noise is at
-    least as large as the isotropic share in every direction.
-    """
-
-    clip: float
-    std: float
-    method: Method
-    factors: Mapping[str, Mapping[str, torch.nn.Parameter]]
-    generator: torch.Generator
-
-    @classmethod
-    def from_config(cls, config: RunConfig, method: Method, factors) -> "ClientLevelNoise":
-        planned = cohort_sampling(config).expected_size(config.population_size)
-        std = noise_share_std(config.client_noise_multiplier, config.client_clip, planned)
-        return cls(config.client_clip, std, method, factors, secret_generator(torch.device("cpu")))
-
-    def apply(self, update: torch.Tensor, phase) -> torch.Tensor:
-        clipped = clip_update(update.cpu(), self.clip)
-        if not self.method.noise_regulator:
-            return add_noise_share(clipped, self.std, self.generator)
-        params = all_factor_params(self.factors)
-        layout = [(n, params[n].shape) for n in phase.sent_names(self.factors)]
-        frozen = {n: p.detach().cpu() for f, named in self.factors.items() if f not in phase.sent for n, p in named.items()}
-        return clipped + regulated_noise(layout, frozen, self.std, self.generator)
 
 
 def save_adapter(model, path: Path) -> None:
