@@ -117,6 +117,9 @@ def plot_accuracy_vs_epsilon(rows: Sequence[CompareRow], path: Path) -> Path:
         ax.errorbar(targets, means, yerr=stds, marker="o", capsize=3, label=method)
     delta = rows[0].delta if rows else 0.0
     ax.set(xscale="log", xlabel=f"ε (sample-level, δ={delta:g})", ylabel="test accuracy", title="accuracy at equal privacy")
+    all_targets = sorted({r.target_epsilon for r in rows})
+    ax.set_xticks(all_targets, [f"{t:g}" for t in all_targets])
+    ax.minorticks_off()
     ax.grid(alpha=0.3)
     ax.legend()
     fig.savefig(path, dpi=110)
