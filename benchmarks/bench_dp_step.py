@@ -98,11 +98,11 @@ def main() -> None:
 
     for step in range(2):  # warm-up
         plain_step(plain_model, plain_opt, batch, labels)
-        dp_step(dp_model, dp_opt, batch, labels, method.active_at(step))
+        dp_step(dp_model, dp_opt, batch, labels, method.phases(1)[0].active_at(step))
     plain_times, dp_times = [], []
     for step in range(args.repeats):
         plain_times.append(timed(lambda: plain_step(plain_model, plain_opt, batch, labels)))
-        dp_times.append(timed(lambda: dp_step(dp_model, dp_opt, batch, labels, method.active_at(step))))
+        dp_times.append(timed(lambda: dp_step(dp_model, dp_opt, batch, labels, method.phases(1)[0].active_at(step))))
     plain = statistics.median(plain_times) / args.batch_size
     dp = statistics.median(dp_times) / args.batch_size
     ratio = dp / plain

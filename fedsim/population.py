@@ -42,12 +42,6 @@ class Population:
         if self.size < self.processes:
             raise ValueError(f"population={self.size!r} is invalid: expected at least one client per process ({self.processes})")
 
-    def host_of(self, client_id: int) -> int:
-        """The rank hosting ``client_id``."""
-        if not 1 <= client_id <= self.size:
-            raise ValueError(f"client_id={client_id!r} is invalid: expected an integer in [1, {self.size}]")
-        return 1 + (client_id - 1) % self.processes
-
     def hosted_by(self, rank: int) -> tuple[int, ...]:
         """The client ids hosted by ``rank`` (1-based client ranks)."""
         if not 1 <= rank <= self.processes:
