@@ -25,6 +25,7 @@ import torch
 
 from fedsim.algorithms import Method, Phase
 from fedsim.deer import regulated_noise
+from fedsim.lora_state import all_factor_params
 
 
 def clip_update(update: torch.Tensor, clip_norm: float) -> torch.Tensor:
@@ -81,7 +82,7 @@ class ClientLevelNoise:
         clipped = clip_update(update.cpu(), self.clip)
         if not self.method.noise_regulator:
             return add_noise_share(clipped, self.std, self.generator)
-        params = {n: p for named in self.factors.values() for n, p in named.items()}
+        params = all_factor_params(self.factors)
         layout = [(n, params[n].shape) for n in phase.sent_names(self.factors)]
         frozen = {n: p.detach().cpu() for f, named in self.factors.items() if f not in phase.sent for n, p in named.items()}
         return clipped + regulated_noise(layout, frozen, self.std, self.generator)

@@ -62,6 +62,7 @@ from fedsim.data import DatasetSplits, load_dataset, partition, prepare_images
 from fedsim.evaluation import evaluate
 from fedsim.events import MethodSummary, NullObserver, Observer, RoundMetrics
 from fedsim.framing import Frame, FrameError, Kind, pack_ids, unpack_ids
+from fedsim.lora_state import all_factor_params
 from fedsim.models import ModelSpec, build_model, build_tokenizer, factor_parameters, tokenize
 from fedsim.relay import ClientRelay, Evicted, ServerRelay
 from fedsim.population import CohortSampling, Population, cohort_sampling
@@ -113,10 +114,6 @@ def model_inputs(task: Task, data, config: RunConfig) -> tuple[torch.Tensor, ...
     if task.data.modality == "text":
         return tokenize(build_tokenizer(task.spec), list(data.texts), config.max_length)
     return (prepare_images(data.images, config.img_size),)
-
-
-def all_factor_params(factors: Mapping[str, Mapping[str, torch.nn.Parameter]]) -> dict[str, torch.nn.Parameter]:
-    return {name: p for named in factors.values() for name, p in named.items()}
 
 
 class TooFewClients(RuntimeError):
@@ -353,9 +350,8 @@ def serve(
             if config.client_noise_multiplier > 0 and not result.outcome.aborted:
                 round_records.append(client_level_record(config, round_idx, sampling, planned, population.size, len(result.outcome.survivors)))
         outcome = merge_outcomes(outcomes)
-        new_records = round_records
-        ledger.append(new_records)
-        snapshot = budgets.add(new_records)
+        ledger.append(round_records)
+        snapshot = budgets.add(round_records)
         if snapshot.worst() is not None:
             worst, worst_rdp = snapshot.worst().prv, snapshot.worst().rdp
         if snapshot.population is not None:
@@ -373,7 +369,7 @@ def serve(
             epsilon=worst.upper,
             epsilon_rdp=worst_rdp,
             delta=config.delta,
-            clients=len({r.client for r in new_records if r.client is not None}),
+            clients=len({r.client for r in round_records if r.client is not None}),
             seconds=time.perf_counter() - round_start,
             train_seconds=timings["train"],
             eval_seconds=timings["eval"],

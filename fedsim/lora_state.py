@@ -42,6 +42,11 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
+def all_factor_params(factors: Mapping[str, Mapping[str, nn.Parameter]]) -> dict[str, nn.Parameter]:
+    """The parameters of every factor group in one {name: parameter} map."""
+    return {name: p for named in factors.values() for name, p in named.items()}
+
+
 def factor_parameters(model: nn.Module) -> dict[str, dict[str, nn.Parameter]]:
     """{"A": {name: p}, "B": {...}, "head": {...}} for a peft LoRA model.
 
