@@ -18,13 +18,13 @@ import torch
 import torch.nn.functional as F
 from opacus import GradSampleModule
 
-from fedsim.algorithms import get_method
+from fedsim.methods.registry import get_method
 from fedsim.config import RunConfig
-from fedsim.data import load_dataset
-from fedsim.dp_optimizer import FactorwiseDPOptimizer
-from fedsim.job import Task, model_inputs, model_spec
+from fedsim.data.loaders import load_dataset
+from fedsim.dp.optimizer import FactorwiseDPOptimizer
+from fedsim.task import Task, model_inputs, model_spec
 from fedsim.launch import configure_process_logging
-from fedsim.models import build_model, factor_parameters
+from fedsim.models.build import build_model, factor_parameters
 
 TARGET = 1.15
 
@@ -72,7 +72,7 @@ def main() -> None:
     config = RunConfig()
     data = load_dataset(config.dataset, seed=0, limit=config.limit)
     task = Task(model_spec(config, len(data.train.classes)), data)
-    inputs = model_inputs(task, data.train, config)
+    inputs = model_inputs(task, data.train)
     batch = tuple(x[: args.batch_size] for x in inputs)
     labels = data.train.labels[: args.batch_size]
     method = get_method(args.method)

@@ -21,7 +21,8 @@ import numpy as np
 from bench_secagg_scaling import timed_round
 
 from secagg.params import choose_secagg_params
-from secagg.protocol import MASKED_INPUT_COLLECTION, ProtocolParams
+from secagg.protocol import ProtocolParams
+from secagg.stages import MASKED_INPUT_COLLECTION
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ Starts 1 server + ``--processes`` client processes on this machine (gloo on 127.
 torch thread each); n clients are spread over the client processes (virtual clients when
 n exceeds them). For every case it alternates ``--repeats`` times between
 
-  (a) one full secure round as fedsim runs it (:mod:`fedsim.secure_sum` over the relay:
+  (a) one full secure round as fedsim runs it (:mod:`fedsim.secure_sum.exchange` over the relay:
       START, AdvertiseKeys, ShareKeys, MaskedInputCollection, Unmasking, OUTCOME; fresh
       X25519 keys, Shamir shares, AES-GCM, encode, mask, relay, sum, unmask, decode), and
   (b) the plain baseline: each process adds the updates of the clients it hosts and one
@@ -126,7 +126,7 @@ class NullClient:
 
 
 def _config(case: Case):
-    from fedsim.secure_sum import SecureSumConfig
+    from fedsim.secure_sum.config import SecureSumConfig
 
     return SecureSumConfig(
         clip_range=1.0,
@@ -160,11 +160,12 @@ def _timed(fn, world_group) -> tuple[float, list[float]]:
 def _worker(rank: int, world: int, port: int, listed: list[Case], repeats: int, warmup: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    from fedsim.framing import Kind
-    from fedsim.relay import ClientRelay, ServerRelay, relay_group
-    from fedsim.dropouts import DropoutPlan
-    from fedsim.secure_sum import client_secure_sum, reply_limit, server_secure_sum
-    from fedsim.stages import client_stages, server_stages
+    from fedsim.transport.vocabulary import Kind
+    from fedsim.transport.relay import ClientRelay, ServerRelay, relay_group
+    from fedsim.secure_sum.dropouts import DropoutPlan
+    from fedsim.secure_sum.config import reply_limit
+    from fedsim.secure_sum.exchange import client_secure_sum, server_secure_sum
+    from fedsim.secure_sum.stages import client_stages, server_stages
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     world_group = dist.new_group(backend="gloo")
@@ -337,7 +338,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         listed = [c for c in listed if c.clients <= 16]
     world = args.processes + 1
-    mp.get_context("forkserver").set_forkserver_preload(["torch", "fedsim.secure_sum"])
+    mp.get_context("forkserver").set_forkserver_preload(["torch", "fedsim.secure_sum.exchange"])
     with tempfile.TemporaryDirectory() as out_dir:
         mp.start_processes(
             _worker,

@@ -171,7 +171,7 @@ def run(
     from fedsim.config import ConfigError, build_config, load_config_file, parse_count_or_fraction, parse_drops
     from fedsim.launch import LaunchError, configure_process_logging, launch_local, launch_torchrun
     from fedsim.preflight import preflight
-    from fedsim.runtime import torchrun_world_size, under_torchrun
+    from fedsim.transport.world import torchrun_world_size, under_torchrun
 
     torchrun = under_torchrun()
     configure_process_logging(logging.DEBUG if verbose else logging.WARNING, int(os.environ["RANK"]) if torchrun else None)

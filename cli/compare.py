@@ -20,10 +20,12 @@ from typing import Iterable, Optional, Sequence
 
 import typer
 
+from fedsim.methods.registry import METHOD_NAMES
+
 RESULTS_CSV = "results.csv"
 RESULTS_MD = "results.md"
 RESULTS_PNG = "accuracy_vs_epsilon.png"
-ALL_METHODS = "la-lora,dp-lora,ffa-lora,rolora,deer"
+ALL_METHODS = ",".join(METHOD_NAMES)
 
 
 @dataclass(frozen=True)

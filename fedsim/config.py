@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-METHODS = ("la-lora", "dp-lora", "ffa-lora", "rolora", "deer")
+from fedsim.errors import BAD_INPUT, FedsimError
+from fedsim.methods.registry import METHOD_NAMES
+from fedsim.transport.vocabulary import DROPOUT_STAGES
+
 COHORTS = ("all", "poisson", "fixed")
 SECAGG_GRAPHS = ("full", "sparse")
 SECAGG_MODULUS_BITS = (32, 64)
-DROPOUT_STAGES = ("AdvertiseKeys", "ShareKeys", "MaskedInputCollection", "ConsistencyCheck", "Unmasking")
 PARTITIONS = ("iid", "dirichlet")
 OPTIMIZERS = ("adamw", "sgd")
 BUNDLED_TEXT_MODEL = "all-MiniLM-L6-v2"
@@ -28,8 +30,10 @@ TEXT_DATASETS = ("wordnet-supersenses",)
 IMAGE_DATASETS = ("digits", "fashion-mnist")
 
 
-class ConfigError(ValueError):
+class ConfigError(FedsimError, ValueError):
     """A configuration value is out of range; the message names field, value and range."""
+
+    exit_code = BAD_INPUT
 
     def __init__(self, field_name: str, value: Any, allowed: str) -> None:
         self.field_name = field_name
@@ -175,8 +179,8 @@ def validate(config: RunConfig) -> None:
     """Check every field; raise :class:`ConfigError` on the first bad one."""
     c = config
     _check(
-        isinstance(c.methods, tuple) and len(c.methods) > 0 and all(m in METHODS for m in c.methods),
-        "methods", c.methods, f"a non-empty list drawn from {METHODS}",
+        isinstance(c.methods, tuple) and len(c.methods) > 0 and all(m in METHOD_NAMES for m in c.methods),
+        "methods", c.methods, f"a non-empty list drawn from {METHOD_NAMES}",
     )
     _check(len(set(c.methods)) == len(c.methods), "methods", c.methods, "no repeated method")
     modality = dataset_modality(c.dataset)

@@ -22,7 +22,7 @@ from pathlib import Path
 from fedsim.config import RunConfig, config_from_json
 from fedsim.events import MethodSummary, Observer
 from fedsim.job import run_rank
-from fedsim.runtime import init_from_torchrun, init_world, shutdown
+from fedsim.transport.world import init_from_torchrun, init_world, shutdown
 
 logger = logging.getLogger(__name__)
 

@@ -2,9 +2,9 @@
 
 A population of P virtual clients (ids 1..P) is spread round-robin over the W−1 client
 processes: process r hosts the ids congruent to r modulo W−1 (:class:`Population`). Shards
-come from the run's public seed (:func:`fedsim.partition.partition` over P clients), so the
+come from the run's public seed (:func:`fedsim.data.partition.partition` over P clients), so the
 same config gives the same data layout on every machine. A process holds one model and
-trains its hosted cohort members one after the other (:class:`fedsim.client.LocalTrainer`):
+trains its hosted cohort members one after the other (:class:`fedsim.client.trainer.LocalTrainer`):
 memory does not grow with P.
 
 The cohort of each round is drawn by the server from the OS CSPRNG, never from the public
@@ -14,17 +14,17 @@ seed: amplification by subsampling is only a guarantee if who took part stays se
   is then a Poisson-subsampled Gaussian with that q (McMahan et al., ICLR 2018, Sec. 3),
   which is what the accountant composes.
 - ``fixed``: exactly m clients, uniformly without replacement. The Poisson analysis does
-  not formally apply (PAPERS.md, "Privacy accounting facts"); the accountant claims no
+  not formally apply (docs/architecture.md, "Privacy semantics"); the accountant claims no
   amplification for them (:class:`accounting.ClientLevelGaussian`, ``"fixed_size"``), a
   sound but loose bound.
 """
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass
 
 from fedsim.config import RunConfig
+from fedsim.dp.randomness import cohort_rng
 
 COHORT_KINDS = ("poisson", "fixed")
 
@@ -78,7 +78,7 @@ class CohortSampling:
 
     def sample(self, population: int) -> tuple[int, ...]:
         """Draw one round's cohort from the OS CSPRNG (sorted client ids, possibly empty)."""
-        rng = secrets.SystemRandom()
+        rng = cohort_rng()
         if self.kind == "fixed":
             return tuple(sorted(rng.sample(range(1, population + 1), min(self.size, population))))
         if self.rate == 1.0:

@@ -11,9 +11,9 @@ import dataclasses
 
 from accounting import CalibrationError, Schedule, calibrate_schedule
 from fedsim.config import ConfigError, RunConfig
-from fedsim.data import load_dataset, partition
+from fedsim.data.loaders import load_dataset, partition
 from fedsim.population import cohort_sampling
-from fedsim.secure_sum import secure_sum_config
+from fedsim.secure_sum.config import secure_sum_config
 
 
 def check_data(config: RunConfig) -> list[int]:

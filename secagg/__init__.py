@@ -6,6 +6,7 @@ fixed-point codec) only.  Modules, one concept each:
 
 - :mod:`secagg.protocol`: the round, ``ClientRound`` / ``ServerRound`` / ``run_in_memory``;
 - :mod:`secagg.client`, :mod:`secagg.server`: the two sides' state machines;
+- :mod:`secagg.stages`: the stage names, one list for the library and its users;
 - :mod:`secagg.messages`: the fixed binary wire format and ``ProtocolError``;
 - :mod:`secagg.params`: ``ProtocolParams`` and the choice/validation of (t, k);
 - :mod:`secagg.graph`: complete or random Harary neighbour graph;
@@ -16,67 +17,63 @@ fixed-point codec) only.  Modules, one concept each:
 - :mod:`secagg.masking`: adding and removing AES-CTR masks in place;
 - :mod:`secagg.prg`: the AES-256-CTR keystream;
 - :mod:`secagg.encoding`: fixed-point codes in Z_(2^32) / Z_(2^64), weighted means.
+
+The names below are loaded on first use (PEP 562), so ``import secagg.stages`` or
+``secagg.params`` does not pull in torch through the codec.
 """
 
-from secagg.agreement import (
-    MASK_KEY_BYTES,
-    PUBLIC_KEY_BYTES,
-    generate_private_key,
-    load_public_key,
-    mask_key_info,
-    pairwise_mask_key,
-    public_key_bytes,
-)
-from secagg.encoding import (
-    SUPPORTED_MODULUS_BITS,
-    FixedPointCodec,
-    WeightedMeanCodec,
-    as_ring_array,
-    check_ring,
-    fixed_point_frac_bits,
-    ring_dtype,
-    wrapping_add,
-    wrapping_add_,
-    wrapping_sub_,
-    wrapping_sum,
-)
-from secagg.masking import MASK_NONCE, add_masks_, mask_input, mask_input_, pairwise_mask_sign, unmask_sum
-from secagg.params import ProtocolParams, check_secagg_params, choose_secagg_params
-from secagg.prg import Keystream, keystream_into
-from secagg.protocol import ClientRound, ProtocolError, ServerRound, run_in_memory
+from __future__ import annotations
 
-__all__ = [
-    "MASK_KEY_BYTES",
-    "MASK_NONCE",
-    "PUBLIC_KEY_BYTES",
-    "SUPPORTED_MODULUS_BITS",
-    "ClientRound",
-    "FixedPointCodec",
-    "Keystream",
-    "ProtocolError",
-    "ProtocolParams",
-    "ServerRound",
-    "WeightedMeanCodec",
-    "add_masks_",
-    "as_ring_array",
-    "check_ring",
-    "check_secagg_params",
-    "choose_secagg_params",
-    "fixed_point_frac_bits",
-    "generate_private_key",
-    "keystream_into",
-    "load_public_key",
-    "mask_input",
-    "mask_input_",
-    "mask_key_info",
-    "pairwise_mask_key",
-    "pairwise_mask_sign",
-    "public_key_bytes",
-    "ring_dtype",
-    "run_in_memory",
-    "unmask_sum",
-    "wrapping_add",
-    "wrapping_add_",
-    "wrapping_sub_",
-    "wrapping_sum",
-]
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    "ClientRound": "secagg.protocol",
+    "FixedPointCodec": "secagg.encoding",
+    "Keystream": "secagg.prg",
+    "MASK_KEY_BYTES": "secagg.agreement",
+    "MASK_NONCE": "secagg.masking",
+    "PUBLIC_KEY_BYTES": "secagg.agreement",
+    "ProtocolError": "secagg.protocol",
+    "ProtocolParams": "secagg.params",
+    "SUPPORTED_MODULUS_BITS": "secagg.encoding",
+    "ServerRound": "secagg.protocol",
+    "WeightedMeanCodec": "secagg.encoding",
+    "add_masks_": "secagg.masking",
+    "as_ring_array": "secagg.encoding",
+    "check_ring": "secagg.encoding",
+    "check_secagg_params": "secagg.params",
+    "choose_secagg_params": "secagg.params",
+    "fixed_point_frac_bits": "secagg.encoding",
+    "generate_private_key": "secagg.agreement",
+    "keystream_into": "secagg.prg",
+    "load_public_key": "secagg.agreement",
+    "mask_input": "secagg.masking",
+    "mask_input_": "secagg.masking",
+    "mask_key_info": "secagg.agreement",
+    "pairwise_mask_key": "secagg.agreement",
+    "pairwise_mask_sign": "secagg.masking",
+    "public_key_bytes": "secagg.agreement",
+    "ring_dtype": "secagg.encoding",
+    "run_in_memory": "secagg.protocol",
+    "unmask_sum": "secagg.masking",
+    "wrapping_add": "secagg.encoding",
+    "wrapping_add_": "secagg.encoding",
+    "wrapping_sub_": "secagg.encoding",
+    "wrapping_sum": "secagg.encoding",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'secagg' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -40,6 +40,7 @@ from secagg.channel import open_shares, seal_shares
 from secagg.encoding import ring_dtype
 from secagg.graph import NeighbourGraph, graph_for
 from secagg import messages as wire
+from secagg import stages
 from secagg.masking import add_masks_, pairwise_mask_sign
 from secagg.messages import ProtocolError, Reader
 from secagg.params import ProtocolParams
@@ -74,7 +75,7 @@ class ClientRound:
             raise ValueError(f"client_id must be in the cohort params.client_ids, got {client_id}")
         self.params = params
         self.client_id = client_id
-        self.stage = wire.ADVERTISE_KEYS
+        self.stage = stages.ADVERTISE_KEYS
         self._wire = wire.Endpoint(params.session, params.round_idx, client_id)
         self._graph = graph_for(params, graph)
         self._holders = frozenset(self._graph.closed_neighbourhood(client_id))
@@ -103,7 +104,7 @@ class ClientRound:
             raise ValueError(f"encoded must be a numpy array of {dtype}, got {got}")
         if encoded.shape != (self.params.dim,):
             raise ValueError(f"encoded must have shape ({self.params.dim},), got {encoded.shape}")
-        if self.stage not in (wire.ADVERTISE_KEYS, wire.SHARE_KEYS, wire.MASKED_INPUT_COLLECTION):
+        if self.stage not in (stages.ADVERTISE_KEYS, stages.SHARE_KEYS, stages.MASKED_INPUT_COLLECTION):
             raise ValueError(f"set_input must come before MaskedInputCollection, client is at {self.stage}")
         self._input = np.array(encoded.view(dtype), dtype=dtype, order="C")
 
@@ -111,14 +112,14 @@ class ClientRound:
         """Process the server's message for the current stage; return the reply.
 
         Raises ProtocolError (sender = the server, or the peer whose share failed) to
-        refuse; the client is then :data:`wire.ABORTED` for the rest of the round.
+        refuse; the client is then :data:`stages.ABORTED` for the rest of the round.
         """
         handlers = {
-            wire.ADVERTISE_KEYS: self._advertise_keys,
-            wire.SHARE_KEYS: self._share_keys,
-            wire.MASKED_INPUT_COLLECTION: self._masked_input_collection,
-            wire.CONSISTENCY_CHECK: self._consistency_check,
-            wire.UNMASKING: self._unmasking,
+            stages.ADVERTISE_KEYS: self._advertise_keys,
+            stages.SHARE_KEYS: self._share_keys,
+            stages.MASKED_INPUT_COLLECTION: self._masked_input_collection,
+            stages.CONSISTENCY_CHECK: self._consistency_check,
+            stages.UNMASKING: self._unmasking,
         }
         stage = self.stage
         try:
@@ -131,7 +132,7 @@ class ClientRound:
         except ProtocolError as error:
             _LOG.warning("client %d refuses: %s", self.client_id, error)
             self._forget_secrets()
-            self.stage = wire.ABORTED
+            self.stage = stages.ABORTED
             raise
         return self._wire.pack(stage, wire.REPLY, wire.SERVER_ID, reply_body)
 
@@ -164,7 +165,7 @@ class ClientRound:
             raise self._refuse(reader, "the server's round parameters differ from this client's")
         self._c_key, self._s_key = generate_private_key(), generate_private_key()
         c_pk, s_pk = public_key_bytes(self._c_key), public_key_bytes(self._s_key)
-        self.stage = wire.SHARE_KEYS
+        self.stage = stages.SHARE_KEYS
         if not self.params.consistency_check:
             return wire.ADVERT.pack(c_pk, s_pk)
         if self._signing_key is None:
@@ -239,7 +240,7 @@ class ClientRound:
                 send_key, sender=self.client_id, receiver=v, b_share=b_share, sk_share=sk_share, **ctx
             )
             entries.append((v, sealed))
-        self.stage = wire.MASKED_INPUT_COLLECTION
+        self.stage = stages.MASKED_INPUT_COLLECTION
         commitment = seed_commitment(self._b_seed, owner=self.client_id, **ctx)
         return wire.COMMITMENT.pack(commitment) + wire.pack_list(wire.CIPHERTEXT_ENTRY, entries)
 
@@ -264,7 +265,7 @@ class ClientRound:
             except ValueError as exc:
                 raise ProtocolError(
                     v,
-                    wire.MASKED_INPUT_COLLECTION,
+                    stages.MASKED_INPUT_COLLECTION,
                     f"share ciphertext relayed by the server: {exc}",
                     self.client_id,
                 ) from None
@@ -278,7 +279,7 @@ class ClientRound:
         masked = add_masks_(self._input, streams)
         reply = masked.astype(masked.dtype.newbyteorder("<"), copy=False).tobytes()
         self._forget_secrets()
-        self.stage = wire.CONSISTENCY_CHECK if self.params.consistency_check else wire.UNMASKING
+        self.stage = stages.CONSISTENCY_CHECK if self.params.consistency_check else stages.UNMASKING
         return reply
 
     # --- Round 3: ConsistencyCheck ------------------------------------------------------------
@@ -294,7 +295,7 @@ class ClientRound:
             raise self._refuse(reader, f"survivors {sorted(strangers)[:5]} never sent it shares")
         self._neighbourhood_quorum(reader, "survivors", set(survivors))
         self._signed_survivors = survivors
-        self.stage = wire.UNMASKING
+        self.stage = stages.UNMASKING
         payload = consistency.survivors_payload(
             session=self.params.session, round_idx=self.params.round_idx, survivors=survivors
         )
@@ -355,5 +356,5 @@ class ClientRound:
         self._neighbourhood_quorum(reader, "survivors", set(b_ids))
         entries = [(v, wire.KIND_B, self._shares[v][0]) for v in b_ids]
         entries += [(v, wire.KIND_SK, self._shares[v][1]) for v in sk_ids]
-        self.stage = wire.DONE
+        self.stage = stages.DONE
         return wire.pack_list(wire.REVEALED_SHARE, entries)

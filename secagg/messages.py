@@ -24,35 +24,37 @@ from secagg.agreement import PUBLIC_KEY_BYTES
 from secagg.channel import CIPHERTEXT_BYTES
 from secagg.consistency import SIGNATURE_BYTES, VERIFY_KEY_BYTES
 from secagg.shamir import SHARE_BYTES
+from secagg.stages import (
+    ABORTED,
+    ADVERTISE_KEYS,
+    CONSISTENCY_CHECK,
+    DONE,
+    MASKED_INPUT_COLLECTION,
+    SHARE_KEYS,
+    STAGES,
+    UNMASKING,
+)
 
 __all__ = [
-    "ABORTED",
     "ADVERT",
-    "ADVERTISE_KEYS",
     "ADVERT_SIGNED",
     "CIPHERTEXT_ENTRY",
     "COMMITMENT",
-    "CONSISTENCY_CHECK",
     "DIGEST",
-    "DONE",
     "HEADER",
     "ID",
     "KIND_B",
     "KIND_SK",
     "MAGIC",
-    "MASKED_INPUT_COLLECTION",
     "REPLY",
     "REQUEST",
     "REVEALED_SHARE",
     "ROSTER_ENTRY",
     "ROSTER_ENTRY_SIGNED",
     "SERVER_ID",
-    "SHARE_KEYS",
     "SIGNATURE",
     "SIGNED_ID",
-    "STAGES",
     "TWO_COUNTS",
-    "UNMASKING",
     "VERSION",
     "Endpoint",
     "ProtocolError",
@@ -62,18 +64,6 @@ __all__ = [
     "pack_message",
     "pack_records",
 ]
-
-ADVERTISE_KEYS = "AdvertiseKeys"
-SHARE_KEYS = "ShareKeys"
-MASKED_INPUT_COLLECTION = "MaskedInputCollection"
-CONSISTENCY_CHECK = "ConsistencyCheck"
-UNMASKING = "Unmasking"
-STAGES: tuple[str, ...] = (ADVERTISE_KEYS, SHARE_KEYS, MASKED_INPUT_COLLECTION, CONSISTENCY_CHECK, UNMASKING)
-"""Stage names of Bonawitz et al., CCS 2017, Fig. 4 (Rounds 0-4), in protocol order."""
-DONE = "Done"
-"""Stage of a party whose round is over."""
-ABORTED = "Aborted"
-"""Stage of a party that gave up the round (a refusing client, an aborted server)."""
 
 _STAGE_CODE = {name: code for code, name in enumerate(STAGES, start=1)}
 _STAGE_NAME = {code: name for name, code in _STAGE_CODE.items()}

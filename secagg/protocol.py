@@ -32,7 +32,10 @@ import numpy as np
 
 from secagg.client import ClientRound
 from secagg.graph import graph_for
-from secagg.messages import (
+from secagg.messages import ProtocolError
+from secagg.params import ProtocolParams
+from secagg.server import ServerRound
+from secagg.stages import (
     ABORTED,
     ADVERTISE_KEYS,
     CONSISTENCY_CHECK,
@@ -41,20 +44,9 @@ from secagg.messages import (
     SHARE_KEYS,
     STAGES,
     UNMASKING,
-    ProtocolError,
 )
-from secagg.params import ProtocolParams
-from secagg.server import ServerRound
 
 __all__ = [
-    "ABORTED",
-    "ADVERTISE_KEYS",
-    "CONSISTENCY_CHECK",
-    "DONE",
-    "MASKED_INPUT_COLLECTION",
-    "SHARE_KEYS",
-    "STAGES",
-    "UNMASKING",
     "ClientRound",
     "ProtocolError",
     "ProtocolParams",

@@ -39,6 +39,7 @@ from secagg.agreement import (
 from secagg.encoding import ring_dtype
 from secagg.graph import NeighbourGraph, graph_for
 from secagg import messages as wire
+from secagg import stages
 from secagg.masking import add_masks_, pairwise_mask_sign
 from secagg.messages import ProtocolError, Reader
 from secagg.params import ProtocolParams
@@ -73,7 +74,7 @@ class ServerRound:
         self._wire = wire.Endpoint(params.session, params.round_idx, wire.SERVER_ID)
         self._verify_keys = dict(verify_keys) if verify_keys is not None else None
         self._keep_transcript = keep_transcript
-        self.stage: str = wire.ADVERTISE_KEYS
+        self.stage: str = stages.ADVERTISE_KEYS
         self.done = False
         self.aborted = False
         self.abort_reason: str | None = None
@@ -105,7 +106,7 @@ class ServerRound:
             raise RuntimeError("start() was already called for this round")
         self._started = True
         digest = wire.DIGEST.pack(self.params.digest())
-        return self._send(wire.ADVERTISE_KEYS, {u: digest for u in self.params.client_ids})
+        return self._send(stages.ADVERTISE_KEYS, {u: digest for u in self.params.client_ids})
 
     def step(self, replies: Mapping[int, bytes]) -> dict[int, bytes]:
         """Consume the replies to the current stage; return the next stage's requests
@@ -133,11 +134,11 @@ class ServerRound:
 
     def _stage_handlers(self) -> dict[str, tuple[Callable, Callable]]:
         return {
-            wire.ADVERTISE_KEYS: (self._parse_advert, self._after_advertise_keys),
-            wire.SHARE_KEYS: (self._parse_shares, self._after_share_keys),
-            wire.MASKED_INPUT_COLLECTION: (self._parse_masked_input, self._after_masked_input_collection),
-            wire.CONSISTENCY_CHECK: (self._parse_signature, self._after_consistency_check),
-            wire.UNMASKING: (self._parse_revealed, self._after_unmasking),
+            stages.ADVERTISE_KEYS: (self._parse_advert, self._after_advertise_keys),
+            stages.SHARE_KEYS: (self._parse_shares, self._after_share_keys),
+            stages.MASKED_INPUT_COLLECTION: (self._parse_masked_input, self._after_masked_input_collection),
+            stages.CONSISTENCY_CHECK: (self._parse_signature, self._after_consistency_check),
+            stages.UNMASKING: (self._parse_revealed, self._after_unmasking),
         }
 
     def _accept(self, sender: object, data: object, parse: Callable) -> object | None:
@@ -171,7 +172,7 @@ class ServerRound:
         self.aborted = True
         self.abort_reason = f"{self.stage}: {reason}"
         self.done = True
-        self.stage = wire.ABORTED
+        self.stage = stages.ABORTED
         self._expected = set()
         return {}
 
@@ -217,7 +218,7 @@ class ServerRound:
             if len(users) > 1:
                 for u in users:
                     if adverts.pop(u, None) is not None:
-                        self._reject(u, wire.ADVERTISE_KEYS, f"public key also advertised by clients {users}")
+                        self._reject(u, stages.ADVERTISE_KEYS, f"public key also advertised by clients {users}")
         self._adverts = adverts
         u1 = set(adverts)
         active = self._viable(u1, u1)
@@ -230,7 +231,7 @@ class ServerRound:
         for u in sorted(active):
             self._rosters[u] = tuple(sorted(u1.intersection(self._graph.closed_neighbourhood(u))))
             bodies[u] = wire.pack_records([entries[v] for v in self._rosters[u]])
-        return self._send(wire.SHARE_KEYS, bodies)
+        return self._send(stages.SHARE_KEYS, bodies)
 
     # --- Round 1: ShareKeys -----------------------------------------------------------------
 
@@ -259,7 +260,7 @@ class ServerRound:
                 wire.CIPHERTEXT_ENTRY, [(v, self._mailbox[u][v]) for v in self._peers[u]]
             )
         self._mailbox.clear()
-        return self._send(wire.MASKED_INPUT_COLLECTION, bodies)
+        return self._send(stages.MASKED_INPUT_COLLECTION, bodies)
 
     # --- Round 2: MaskedInputCollection ---------------------------------------------------
 
@@ -278,7 +279,7 @@ class ServerRound:
         self._sum = total
         if self.params.consistency_check:
             body = wire.pack_list(wire.ID, [(u,) for u in sorted(self._masked)])
-            return self._send(wire.CONSISTENCY_CHECK, {u: body for u in sorted(self._masked)})
+            return self._send(stages.CONSISTENCY_CHECK, {u: body for u in sorted(self._masked)})
         return self._request_unmasking(self._masked)
 
     # --- Round 3: ConsistencyCheck --------------------------------------------------------
@@ -323,7 +324,7 @@ class ServerRound:
         problem = self._quorum(set(bodies), "can be asked to unmask")
         if problem:
             return self._abort(problem)
-        return self._send(wire.UNMASKING, bodies)
+        return self._send(stages.UNMASKING, bodies)
 
     def _parse_revealed(self, sender: int, reader: Reader) -> tuple[list[tuple[int, int]], np.ndarray]:
         """(kind, owner) per revealed share, and the shares as one (count, LIMBS) array."""
@@ -355,7 +356,7 @@ class ServerRound:
         self.result = add_masks_(self._sum, streams)
         self.survivors = tuple(sorted(self._masked))
         self.done = True
-        self.stage = wire.DONE
+        self.stage = stages.DONE
         self._expected = set()
         _LOG.info(
             "round %d: sum of %d inputs, %d dropped after sharing",

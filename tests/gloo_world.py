@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from fedsim.relay import relay_group
+from fedsim.transport.relay import relay_group
 
 Worker = Callable[[int, dist.ProcessGroup, Path], None]
 

@@ -7,7 +7,7 @@
 import pytest
 import torch
 
-from fedsim.client import OptimSettings
+from fedsim.client.trainer import OptimSettings
 from tests.tiny_lora import snapshot, tiny_client, train
 
 

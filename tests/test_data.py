@@ -1,4 +1,4 @@
-"""Tests for fedsim.data, fedsim.partition and scripts/make_wordnet_subset.py."""
+"""Tests for fedsim.data.loaders, fedsim.data.partition and scripts/make_wordnet_subset.py."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedsim.data import (
+from fedsim.data.loaders import (
     DATASET_NAMES,
     FASHION_MNIST_DEFAULT_DIR,
     FASHION_MNIST_ENV,
@@ -23,7 +23,7 @@ from fedsim.data import (
     prepare_images,
     subset,
 )
-from fedsim.partition import stratified_split
+from fedsim.data.partition import stratified_split
 
 WORDNET_CLASSES = ("animal", "artifact", "body", "food", "location", "person", "plant",
                    "substance")

@@ -86,8 +86,8 @@ def test_saved_adapter_loads_back_with_peft(text_run):
     import peft
 
     from fedsim.config import config_from_json
-    from fedsim.job import model_spec
-    from fedsim.models import build_base_model
+    from fedsim.task import model_spec
+    from fedsim.models.build import build_base_model
 
     run_dir, _ = text_run
     config = config_from_json((run_dir / "config.json").read_text())

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from fedsim.algorithms import METHOD_TABLE, get_method, phase_steps
-from fedsim.client_dp import add_noise_share, clip_update, noise_share_std, realized_noise_multiplier
-from fedsim.deer import lora_partner, regulated_noise, regulator_scale, shaped_noise
+from fedsim.methods.registry import METHOD_TABLE, get_method, phase_steps
+from fedsim.dp.client_level import add_noise_share, clip_update, noise_share_std, realized_noise_multiplier
+from fedsim.methods.deer import lora_partner, regulated_noise, regulator_scale, shaped_noise
 from tests.tiny_lora import snapshot, tiny_client
 
 

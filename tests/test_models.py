@@ -8,7 +8,7 @@ import pytest
 import torch
 from peft import PeftModel, get_peft_model
 
-from fedsim.models import (
+from fedsim.models.build import (
     ModelSpec,
     build_base_model,
     build_model,
@@ -20,8 +20,8 @@ from fedsim.models import (
     tokenize,
     trainable_state,
 )
-from fedsim.text_model import masked_mean_pool
-from fedsim.window_unfold import STATE_ATTR, fold_windows, unfold_windows
+from fedsim.models.text import masked_mean_pool
+from fedsim.models.window_unfold import STATE_ATTR, fold_windows, unfold_windows
 
 VIT_SPEC = ModelSpec(
     family="timm",

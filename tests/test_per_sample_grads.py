@@ -16,8 +16,8 @@ from opacus import GradSampleModule
 from peft import get_peft_model
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from fedsim.batchnorm import neutralize_batchnorm
-from fedsim.models import (
+from fedsim.models.batchnorm import neutralize_batchnorm
+from fedsim.models.build import (
     ModelSpec,
     build_base_model,
     build_model,

@@ -20,7 +20,8 @@ from secagg.channel import CIPHERTEXT_BYTES, open_shares, seal_shares
 from secagg.encoding import FixedPointCodec, WeightedMeanCodec, as_ring_array, wrapping_sum
 from secagg.graph import NeighbourGraph, random_permutation
 from secagg.masking import add_masks_, mask_input
-from secagg.messages import HEADER, REPLY, SHARE_KEYS, ProtocolError, Reader, open_message, pack_message
+from secagg.messages import HEADER, REPLY, ProtocolError, Reader, open_message, pack_message
+from secagg.stages import SHARE_KEYS
 from secagg.params import (
     ProtocolParams,
     binomial_cdf_below,

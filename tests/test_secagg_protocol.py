@@ -18,20 +18,15 @@ from secagg.agreement import pairwise_mask_key, public_key_bytes, self_mask_key
 from secagg.graph import NeighbourGraph
 from secagg.masking import add_masks_, pairwise_mask_sign
 from secagg.messages import (
-    ADVERTISE_KEYS,
-    CONSISTENCY_CHECK,
     HEADER,
     ID,
-    MASKED_INPUT_COLLECTION,
     REQUEST,
     SERVER_ID,
-    SHARE_KEYS,
-    STAGES,
     TWO_COUNTS,
-    UNMASKING,
     pack_message,
 )
 from secagg.protocol import ClientRound, ProtocolError, ProtocolParams, ServerRound, run_in_memory
+from secagg.stages import ADVERTISE_KEYS, CONSISTENCY_CHECK, MASKED_INPUT_COLLECTION, SHARE_KEYS, STAGES, UNMASKING
 from secagg.shamir import evaluation_points, join_limbs, lagrange_at_zero, reconstruct, share_from_bytes
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,6 +1,6 @@
 """Multi-process secure sum with the real protocol: 1 server + 3 processes hosting 10 clients.
 
-(Round 8 swaps ``fedsim.secure_sum.ClientRound`` for a subclass that spoils some replies,
+(Round 8 swaps ``fedsim.secure_sum.exchange.ClientRound`` for a subclass that spoils some replies,
 inside the client processes only: the real driver with forged messages.)
 
 One world for the module (process start-up dominates the cost) runs a scripted list of
@@ -22,11 +22,12 @@ import numpy as np
 import pytest
 import torch
 
-import fedsim.secure_sum as secure_sum_module
-from fedsim.dropouts import DropoutPlan
-from fedsim.framing import Kind
-from fedsim.relay import ClientRelay, Evicted, RelayError, ServerRelay
-from fedsim.secure_sum import SecureSumConfig, client_secure_sum, server_secure_sum
+import fedsim.secure_sum.exchange as secure_sum_module
+from fedsim.secure_sum.dropouts import DropoutPlan
+from fedsim.transport.vocabulary import Kind
+from fedsim.transport.relay import ClientRelay, Evicted, RelayError, ServerRelay
+from fedsim.secure_sum.config import SecureSumConfig
+from fedsim.secure_sum.exchange import client_secure_sum, server_secure_sum
 from secagg.encoding import as_ring_array
 from secagg.protocol import ClientRound
 from tests.gloo_world import run_world

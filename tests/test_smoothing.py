@@ -2,7 +2,7 @@
 
 import torch
 
-from fedsim.smoothing import inverse_gain_1d, inverse_gain_2d, smooth_1d, smooth_2d
+from fedsim.methods.smoothing import inverse_gain_1d, inverse_gain_2d, smooth_1d, smooth_2d
 
 
 def periodic_laplacian_1d(x: torch.Tensor) -> torch.Tensor:

@@ -18,20 +18,20 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from fedsim.dropouts import DropoutPlan
-from fedsim.framing import (
+from fedsim.secure_sum.dropouts import DropoutPlan
+from fedsim.transport.framing import (
     HEADER_BYTES,
     Frame,
     FrameError,
-    Kind,
     decode_body,
     decode_header,
     encode_frame,
     pack_ids,
     unpack_ids,
 )
-from fedsim.relay import FIRST_TAG, ClientRelay, Evicted, RelayError, ServerRelay
-from fedsim.stages import client_stages, server_stages
+from fedsim.transport.vocabulary import Kind
+from fedsim.transport.relay import FIRST_TAG, ClientRelay, Evicted, RelayError, ServerRelay
+from fedsim.secure_sum.stages import client_stages, server_stages
 from tests.gloo_world import run_world
 
 # --- frames ----------------------------------------------------------------------------

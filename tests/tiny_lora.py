@@ -4,8 +4,8 @@ import peft
 import torch
 from torch import nn
 
-from fedsim.algorithms import get_method
-from fedsim.client import ClientShard, DPSettings, LocalTrainer, OptimSettings
+from fedsim.methods.registry import get_method
+from fedsim.client.trainer import ClientShard, DPSettings, LocalTrainer, OptimSettings
 
 
 class TinyNet(nn.Module):

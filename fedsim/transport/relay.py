@@ -2,7 +2,7 @@
 
 Every message of a run goes between rank 0 (the server) and one client process, never
 between two clients: the server relays what clients send one another (the encrypted
-Shamir shares) inside its own frames. Each :class:`~fedsim.framing.Frame` travels as two
+Shamir shares) inside its own frames. Each :class:`~fedsim.transport.framing.Frame` travels as two
 gloo point-to-point sends on the relay group: the fixed-size header, then the body.
 
 Deadlines are ours, not gloo's. Two facts about gloo (torch 2.x, TCP transport) shape
@@ -40,16 +40,16 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from fedsim.framing import (
+from fedsim.errors import FedsimError
+from fedsim.transport.framing import (
     HEADER_BYTES,
-    TERMINAL_KINDS,
     Frame,
     FrameError,
-    Kind,
     decode_body,
     decode_header,
     encode_frame,
 )
+from fedsim.transport.vocabulary import TERMINAL_KINDS, Kind
 
 __all__ = [
     "CLIENT_MAX_BODY_BYTES",
@@ -82,7 +82,7 @@ CLIENT_MAX_BODY_BYTES = 1 << 36
 """Largest frame body a client accepts from the server (the server is not the threat here)."""
 
 
-class RelayError(RuntimeError):
+class RelayError(FedsimError, RuntimeError):
     """A frame could not be exchanged; the message names the peer and the reason."""
 
 

@@ -23,9 +23,9 @@ from typing import Mapping
 
 import torch
 
-from fedsim.algorithms import Method, Phase
-from fedsim.deer import regulated_noise
-from fedsim.lora_state import all_factor_params
+from fedsim.methods.registry import Method, Phase
+from fedsim.methods.deer import regulated_noise
+from fedsim.models.lora_params import parameters_by_name
 
 
 def clip_update(update: torch.Tensor, clip_norm: float) -> torch.Tensor:
@@ -66,7 +66,7 @@ class ClientLevelNoise:
     """Client-level DP on one cohort member's update: clip to S, add this client's noise share.
 
     Shares of standard deviation zS/√m (:func:`noise_share_std`), m the planned cohort;
-    shaped by DEeR's regulator (:mod:`fedsim.deer`) for methods with ``noise_regulator``;
+    shaped by DEeR's regulator (:mod:`fedsim.methods.deer`) for methods with ``noise_regulator``;
     the shaped noise is at least as large as the isotropic share in every direction. The
     frozen factors' current values are the global ones: a phase never trains them.
     """
@@ -82,7 +82,7 @@ class ClientLevelNoise:
         clipped = clip_update(update.cpu(), self.clip)
         if not self.method.noise_regulator:
             return add_noise_share(clipped, self.std, self.generator)
-        params = all_factor_params(self.factors)
+        params = parameters_by_name(self.factors)
         layout = [(n, params[n].shape) for n in phase.sent_names(self.factors)]
         frozen = {n: p.detach().cpu() for f, named in self.factors.items() if f not in phase.sent for n, p in named.items()}
         return clipped + regulated_noise(layout, frozen, self.std, self.generator)

@@ -12,13 +12,13 @@ what that phase trained:
 - ``la-lora``: one phase that alternates the factor within the round (arXiv 2602.19926): B
   on even local steps, A on odd ones, the head every step. B starts at zero, so dL/dA = 0 at
   the first step: starting with B wastes no step. B's learning rate is ``b_lr_ratio`` × A's,
-  and the privatized gradient is smoothed (:mod:`fedsim.smoothing`) before the step.
+  and the privatized gradient is smoothed (:mod:`fedsim.methods.smoothing`) before the step.
 - ``rolora``: one phase that alternates the factor *across* rounds (Chen et al. 2025):
   odd rounds train and send B (and the head), even rounds A (and the head).
 - ``deer``: two phases per round (arXiv 2410.12926, the "deviation eliminator"): A frozen,
   B trained and aggregated; then B frozen, A trained and aggregated. Every client holds the
   same frozen factor in each phase, so the mean of the products B_i·A equals the product of
-  the means: no aggregation deviation. Its noise regulator is in :mod:`fedsim.deer`.
+  the means: no aggregation deviation. Its noise regulator is in :mod:`fedsim.methods.deer`.
 
 The local steps of a round are split over its phases (``phase_steps``), so every method
 does the same local work per round. Every method trains a fixed set of parameters for the
@@ -66,13 +66,19 @@ class Phase:
 
 @dataclass(frozen=True)
 class Method:
-    """A federated LoRA method: its trainable set, its per-round phases, its options."""
+    """A federated LoRA method: its trainable set, its per-round phases, its own flags.
+
+    ``smoothing``: the privatized gradient is smoothed (LA-LoRA's low-pass filter);
+    ``noise_regulator``: client-level noise is shaped by DEeR's regulator;
+    ``scaled_b_lr``: B's learning rate is ``b_lr_ratio`` x A's (LA-LoRA).
+    """
 
     name: str
     trainable: frozenset[str]
     schedule: str
     smoothing: bool = False
     noise_regulator: bool = False
+    scaled_b_lr: bool = False
 
     def phases(self, round_idx: int) -> tuple[Phase, ...]:
         """The phases of round ``round_idx`` (1-based), in order."""
@@ -94,12 +100,19 @@ class Method:
 
 
 METHOD_TABLE: dict[str, Method] = {
-    "dp-lora": Method("dp-lora", frozenset(FACTORS), JOINT),
-    "ffa-lora": Method("ffa-lora", frozenset({"B", "head"}), JOINT),
-    "la-lora": Method("la-lora", frozenset(FACTORS), STEP_ALTERNATING, smoothing=True),
-    "rolora": Method("rolora", frozenset(FACTORS), ROUND_ALTERNATING),
-    "deer": Method("deer", frozenset(FACTORS), TWO_STAGE, noise_regulator=True),
+    method.name: method
+    for method in (
+        Method("la-lora", frozenset(FACTORS), STEP_ALTERNATING, smoothing=True, scaled_b_lr=True),
+        Method("dp-lora", frozenset(FACTORS), JOINT),
+        Method("ffa-lora", frozenset({"B", "head"}), JOINT),
+        Method("rolora", frozenset(FACTORS), ROUND_ALTERNATING),
+        Method("deer", frozenset(FACTORS), TWO_STAGE, noise_regulator=True),
+    )
 }
+"""Every method by name; the one list of method names (``METHOD_NAMES``) is its keys."""
+
+METHOD_NAMES: tuple[str, ...] = tuple(METHOD_TABLE)
+"""Method names in the order ``--help`` and ``fedsim compare`` list them."""
 
 
 def get_method(name: str) -> Method:
@@ -107,7 +120,7 @@ def get_method(name: str) -> Method:
     try:
         return METHOD_TABLE[name]
     except KeyError:
-        raise ValueError(f"method={name!r} is unknown: expected one of {sorted(METHOD_TABLE)}") from None
+        raise ValueError(f"method={name!r} is unknown: expected one of {sorted(METHOD_NAMES)}") from None
 
 
 def phase_steps(local_steps: int, phases: int) -> list[int]:
@@ -120,5 +133,5 @@ def phase_steps(local_steps: int, phases: int) -> list[int]:
 
 def factor_learning_rates(method: Method, lr: float, head_lr: float, b_lr_ratio: float) -> dict[str, float]:
     """Per-factor learning rates: η for A, ratio·η for B under LA-LoRA (its code uses 2η)."""
-    b_lr = lr * b_lr_ratio if method.name == "la-lora" else lr
+    b_lr = lr * b_lr_ratio if method.scaled_b_lr else lr
     return {"A": lr, "B": b_lr, "head": head_lr}

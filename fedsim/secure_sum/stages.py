@@ -9,7 +9,7 @@ The protocol (:mod:`secagg.protocol`) is transport-agnostic: each stage is one r
   or whose socket closed is dropped with all its clients; when the protocol is done it
   sends OUTCOME (completed or aborted, survivors);
 - a client process answers each stage for each hosted client still in the round, lets a
-  client go silent where the :class:`~fedsim.dropouts.DropoutPlan` says so, and treats a
+  client go silent where the :class:`~fedsim.secure_sum.dropouts.DropoutPlan` says so, and treats a
   client whose protocol refuses (``ProtocolError``) as dropped for the rest of the round.
 
 The stages before MaskedInputCollection need no input (key advertisement and Shamir
@@ -32,11 +32,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from fedsim.framing import Frame, FrameError, Kind, pack_ids, unpack_ids
-from fedsim.relay import ClientRelay, ServerRelay
+from fedsim.transport.framing import Frame, FrameError, pack_ids, unpack_ids
+from fedsim.transport.relay import ClientRelay, ServerRelay
+from fedsim.transport.vocabulary import INPUT_STAGE, Kind, OutcomeEntry, StartEntry
 
 __all__ = [
-    "INPUT_STAGE",
     "ClientStages",
     "RoundOutcome",
     "ServerStages",
@@ -87,25 +87,22 @@ class RoundOutcome:
     stage_seconds: Mapping[str, float] = field(default_factory=dict)
 
 
-INPUT_STAGE = "MaskedInputCollection"
-"""The first stage whose replies depend on the clients' inputs."""
-
 _COMPLETED = b"\x00"
 _ABORTED = b"\x01"
 
 
 def _outcome_frame(round_idx: int, outcome: RoundOutcome) -> Frame:
     status = _ABORTED + (outcome.abort_reason or "").encode("utf-8") if outcome.aborted else _COMPLETED
-    return Frame(Kind.OUTCOME, round_idx, entries={0: status, 1: pack_ids(outcome.survivors)})
+    return Frame(Kind.OUTCOME, round_idx, entries={OutcomeEntry.STATUS: status, OutcomeEntry.SURVIVORS: pack_ids(outcome.survivors)})
 
 
 def _outcome_from_frame(frame: Frame, cohort: tuple[int, ...]) -> RoundOutcome:
-    status = bytes(frame.entries.get(0, b""))
+    status = bytes(frame.entries.get(OutcomeEntry.STATUS, b""))
     if status[:1] not in (_COMPLETED, _ABORTED):
         raise FrameError("OUTCOME frame without a status")
     aborted = status[:1] == _ABORTED
     reason = status[1:].decode("utf-8", "replace") if aborted else None
-    return RoundOutcome(cohort, unpack_ids(frame.entries.get(1, b""), "survivors"), aborted, reason)
+    return RoundOutcome(cohort, unpack_ids(frame.entries.get(OutcomeEntry.SURVIVORS, b""), "survivors"), aborted, reason)
 
 
 def server_stages(
@@ -133,7 +130,7 @@ def server_stages(
     """
     ranks = [rank for rank in relay.live if rank in hosts]
     for rank in ranks:
-        relay.send(rank, Frame(Kind.START, round_idx, entries={0: pack_ids(cohort)}))
+        relay.send(rank, Frame(Kind.START, round_idx, entries={StartEntry.COHORT: pack_ids(cohort)}))
     dropped: dict[str, tuple[int, ...]] = {}
     seconds: dict[str, float] = {}
     failure: str | None = None
@@ -196,7 +193,7 @@ def client_stages(
     start = relay.receive(Kind.START)
     if start.round != round_idx:
         raise FrameError(f"expected START of round {round_idx}, got {start.describe()}")
-    cohort = unpack_ids(start.entries.get(0, b""), "cohort")
+    cohort = unpack_ids(start.entries.get(StartEntry.COHORT, b""), "cohort")
     rounds = make_rounds(cohort)
     active = set(rounds)
     while True:

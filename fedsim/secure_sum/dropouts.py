@@ -20,12 +20,9 @@ import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from fedsim.framing import STAGES
+from fedsim.transport.vocabulary import DROPOUT_STAGES
 
-__all__ = ["DROPOUT_STAGES", "DropoutPlan"]
-
-DROPOUT_STAGES: tuple[str, ...] = tuple(stage for stage in STAGES if stage)
-"""Stages at which a client can be made to drop (Bonawitz et al. 2017, Fig. 4)."""
+__all__ = ["DropoutPlan"]
 
 
 @dataclass(frozen=True)

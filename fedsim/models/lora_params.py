@@ -42,7 +42,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
-def all_factor_params(factors: Mapping[str, Mapping[str, nn.Parameter]]) -> dict[str, nn.Parameter]:
+def parameters_by_name(factors: Mapping[str, Mapping[str, nn.Parameter]]) -> dict[str, nn.Parameter]:
     """The parameters of every factor group in one {name: parameter} map."""
     return {name: p for named in factors.values() for name, p in named.items()}
 

@@ -26,7 +26,7 @@ keeps at most ``limit`` train and ``max(limit // 4, 1)`` test examples (stratifi
 seeded). Images are scaled to [0, 1], then standardized per channel with the mean and
 standard deviation of the (limited) train split.
 
-:func:`partition` (client shards) lives in :mod:`fedsim.partition` and is re-exported.
+:func:`partition` (client shards) lives in :mod:`fedsim.data.partition` and is re-exported.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fedsim.partition import partition, stratified_sample, stratified_split
+from fedsim.data.partition import partition, stratified_sample, stratified_split
 
 __all__ = [
     "DATASET_NAMES",

@@ -15,7 +15,7 @@ Here the trainable set is fixed for the whole run and a step chooses its *active
    the norm bound C holds for exactly what this step releases;
 3. Gaussian noise N(0, σ²C²) is added to the active parameters' summed gradients, which
    are then scaled by 1 / E[batch size];
-4. optional smoothing (:mod:`fedsim.smoothing`) post-processes the noisy gradient.
+4. optional smoothing (:mod:`fedsim.methods.smoothing`) post-processes the noisy gradient.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Callable, Mapping, Optional
 import torch
 from opacus.optimizers import DPOptimizer
 
-from fedsim.smoothing import smooth_1d, smooth_2d
+from fedsim.methods.smoothing import smooth_1d, smooth_2d
 
 MATRIX_FACTORS = frozenset({"A", "B"})
 

@@ -1,7 +1,7 @@
 """Frames: the binary envelope of every message between the server and a client process.
 
 A frame is one contiguous uint8 tensor: a fixed-size header, then a body of exactly the
-length the header announces (:mod:`fedsim.relay` sends it). Never a pickle: a process
+length the header announces (:mod:`fedsim.transport.relay` sends it). Never a pickle: a process
 that receives a frame parses these bytes and nothing else runs.
 
 Header (24 bytes, big-endian)::
@@ -24,18 +24,18 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from enum import IntEnum
 from typing import Mapping
 
 import numpy as np
 import torch
 
+from fedsim.errors import FedsimError
+from fedsim.transport.vocabulary import FRAME_STAGES, Kind
+
 __all__ = [
     "HEADER_BYTES",
-    "STAGES",
     "Frame",
     "FrameError",
-    "Kind",
     "decode_body",
     "decode_header",
     "encode_frame",
@@ -45,44 +45,13 @@ MAGIC = b"FSRL"
 VERSION = 1
 END_MARKER = b"FEND"
 
-STAGES: tuple[str, ...] = (
-    "",
-    "AdvertiseKeys",
-    "ShareKeys",
-    "MaskedInputCollection",
-    "ConsistencyCheck",
-    "Unmasking",
-)
-"""Stage names a frame may carry (Bonawitz et al., CCS 2017, Fig. 4); "" for none."""
-
 _HEADER = struct.Struct(">4sBBBBQQ")
 _COUNT = struct.Struct(">I")
 _ENTRY = struct.Struct(">QQ")
 HEADER_BYTES: int = _HEADER.size
 
 
-class Kind(IntEnum):
-    """What a frame is for. Server to client first, then client to server."""
-
-    SETUP = 1  # a method starts: session id and the initial global state
-    ROUND = 2  # a round starts: the global vector and who trains
-    START = 3  # a secure sum starts: its cohort
-    STAGE = 4  # one protocol stage: the server's message to each hosted client
-    OUTCOME = 5  # the secure sum ended: completed or aborted, and the survivors
-    DONE = 6  # the method ended
-    FINISH = 7  # the run ended: the client process may leave
-    EVICT = 8  # the server dropped this process for good (the reason is in the body)
-    REPORT = 16  # what each hosted client ran in local training
-    REPLY = 17  # one protocol stage: each hosted client's reply
-    BYE = 18  # the client process leaves (answers FINISH or EVICT)
-    FAIL = 19  # the client process failed (the error is in the body) and leaves
-
-
-TERMINAL_KINDS = frozenset({Kind.FINISH, Kind.EVICT, Kind.BYE, Kind.FAIL})
-"""After one of these, the sender sends nothing more on the link."""
-
-
-class FrameError(ValueError):
+class FrameError(FedsimError, ValueError):
     """Bytes that are not a well-formed frame; the message says what is wrong."""
 
 
@@ -104,15 +73,15 @@ class Frame:
 def encode_frame(frame: Frame, buffer: torch.Tensor | None = None) -> torch.Tensor:
     """``frame`` as one uint8 tensor, header then body, written once: into the front of
     ``buffer`` when it is a large enough uint8 tensor (reusing it spares fresh pages)."""
-    if frame.stage not in STAGES:
-        raise FrameError(f"stage={frame.stage!r} is invalid: expected one of {STAGES}")
+    if frame.stage not in FRAME_STAGES:
+        raise FrameError(f"stage={frame.stage!r} is invalid: expected one of {FRAME_STAGES}")
     entries = [(int(key), memoryview(value).cast("B")) for key, value in frame.entries.items()]
     size = _COUNT.size + sum(_ENTRY.size + len(value) for _, value in entries) + len(END_MARKER)
     total = HEADER_BYTES + size
     fits = buffer is not None and buffer.dtype == torch.uint8 and buffer.numel() >= total
     data = buffer[:total] if fits else torch.empty(total, dtype=torch.uint8)
     view = memoryview(data.numpy())
-    _HEADER.pack_into(view, 0, MAGIC, VERSION, int(frame.kind), STAGES.index(frame.stage), 0, frame.round, size)
+    _HEADER.pack_into(view, 0, MAGIC, VERSION, int(frame.kind), FRAME_STAGES.index(frame.stage), 0, frame.round, size)
     view = view[HEADER_BYTES:]
     _COUNT.pack_into(view, 0, len(entries))
     offset = _COUNT.size
@@ -146,12 +115,12 @@ def decode_header(data: bytes | memoryview, max_body_bytes: int) -> Header:
         raise FrameError(f"frame version {version}, expected {VERSION}")
     if kind not in Kind._value2member_map_:
         raise FrameError(f"unknown frame kind {kind}")
-    if stage >= len(STAGES) or reserved != 0:
+    if stage >= len(FRAME_STAGES) or reserved != 0:
         raise FrameError(f"bad stage byte {stage} or reserved byte {reserved}")
     minimum = _COUNT.size + len(END_MARKER)
     if not minimum <= size <= max_body_bytes:
         raise FrameError(f"body length {size} outside [{minimum}, {max_body_bytes}]")
-    return Header(Kind(kind), round_idx, STAGES[stage], size)
+    return Header(Kind(kind), round_idx, FRAME_STAGES[stage], size)
 
 
 def decode_body(header: Header, body: torch.Tensor) -> Frame:

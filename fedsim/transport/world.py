@@ -1,10 +1,10 @@
 """torch.distributed ranks, devices and groups.
 
-Rank 0 is the server; ranks 1..W-1 are clients (DESIGN.md, "Process model"). With CUDA each
+Rank 0 is the server; ranks 1..W-1 are clients (docs/architecture.md, "Process model"). With CUDA each
 rank trains on ``cuda:LOCAL_RANK``; without it on the CPU.
 
 All traffic is point-to-point between the server and one client, over gloo
-(:mod:`fedsim.relay`), on GPU too: no collective over the whole world runs after start-up,
+(:mod:`fedsim.transport.relay`), on GPU too: no collective over the whole world runs after start-up,
 because a collective waits for every rank and one dead client would hang it (an NCCL
 collective cannot even be abandoned). What travels is small (LoRA factors, the
 secure-aggregation messages, which are CPU-bound crypto anyway), so NCCL would buy little.
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from fedsim.relay import relay_group
+from fedsim.transport.relay import relay_group
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def init_world(
     """Join the world (every rank within ``timeout_s``) and build the relay group.
 
     The relay group's own gloo timeout never fires: the relay keeps its own deadlines
-    (:func:`fedsim.relay.relay_group`).
+    (:func:`fedsim.transport.relay.relay_group`).
     """
     device = choose_device(local_rank)
     if device.type == "cuda":

@@ -1,21 +1,21 @@
 """One federated client: local DP-SGD on its own records with Opacus.
 
-Sample-level DP (DESIGN.md, "Privacy semantics"): every local step is one Poisson-subsampled
+Sample-level DP (docs/architecture.md, "Privacy semantics"): every local step is one Poisson-subsampled
 Gaussian mechanism on this client's records — Poisson sampling at rate q = B / n_i
 (Opacus ``DPDataLoader``), per-sample gradients (Opacus ``GradSampleModule``), per-sample
-clipping to C and Gaussian noise σC (:class:`~fedsim.dp_optimizer.FactorwiseDPOptimizer`).
+clipping to C and Gaussian noise σC (:class:`~fedsim.dp.optimizer.FactorwiseDPOptimizer`).
 The client object lives for the whole run, so its sampler and noise streams continue across
 rounds and the server's ledger composes every step the client actually ran.
 
 Both the Poisson sample and the noise are drawn from generators seeded from the OS
-CSPRNG, never from the run's public seed: privacy amplification by subsampling needs the
-sample to be secret, and noise predictable from a public seed protects nothing.
+CSPRNG (:mod:`fedsim.dp.randomness`), never from the run's public seed: privacy
+amplification by subsampling needs the sample to be secret, and noise predictable from a
+public seed protects nothing.
 """
 
 from __future__ import annotations
 
 import logging
-import secrets
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterator, Mapping, Sequence
@@ -26,9 +26,11 @@ from opacus import GradSampleModule
 from opacus.data_loader import DPDataLoader
 from torch.utils.data import TensorDataset
 
-from fedsim.algorithms import Method, Phase, factor_learning_rates
-from fedsim.dp_optimizer import FactorwiseDPOptimizer
-from fedsim.state import assign_flat, flatten
+from fedsim.dp.optimizer import FactorwiseDPOptimizer
+from fedsim.dp.randomness import secret_generator
+from fedsim.methods.registry import Method, Phase, factor_learning_rates
+from fedsim.transport.payloads import RoundReport
+from fedsim.transport.vectors import assign_flat, flatten
 
 logger = logging.getLogger(__name__)
 
@@ -51,23 +53,6 @@ class OptimSettings:
     head_lr: float
     b_lr_ratio: float
     smoothing: float
-
-
-@dataclass(frozen=True)
-class RoundReport:
-    """What a client tells the server after a round: the mechanism it ran, nothing about data."""
-
-    client: int
-    steps: int
-    sample_rate: float
-    noise_multiplier: float
-
-
-def secret_generator(device: torch.device) -> torch.Generator:
-    """A torch generator seeded with 63 bits from the OS CSPRNG."""
-    generator = torch.Generator(device=device)
-    generator.manual_seed(secrets.randbits(63))
-    return generator
 
 
 def poisson_batches(dataset: TensorDataset, sample_rate: float) -> Iterator[Sequence[torch.Tensor]]:

@@ -3,23 +3,33 @@
 The secure sum's messages are ``secagg``'s; these are the rest of a round's traffic
 (:mod:`fedsim.job`): the global state the server sends (public), and what each client
 says it ran in local training (the mechanism, never data). Decoders check every length
-and range and raise :class:`~fedsim.framing.FrameError`.
+and range and raise :class:`~fedsim.transport.framing.FrameError`.
 """
 
 from __future__ import annotations
 
 import math
 import struct
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from fedsim.client import RoundReport
-from fedsim.framing import FrameError
+from fedsim.transport.framing import FrameError
 
-__all__ = ["pack_report", "pack_vector", "unpack_report", "unpack_vector"]
+__all__ = ["RoundReport", "pack_report", "pack_vector", "unpack_report", "unpack_vector"]
 
 _REPORT = struct.Struct(">QQdd")  # client id, local steps, sample rate q, noise multiplier
+
+
+@dataclass(frozen=True)
+class RoundReport:
+    """What a client tells the server after local training: the mechanism it ran, nothing about data."""
+
+    client: int
+    steps: int
+    sample_rate: float
+    noise_multiplier: float
 
 
 def pack_vector(vector: torch.Tensor) -> bytes:

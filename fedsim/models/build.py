@@ -3,8 +3,8 @@
 `build_model(spec)` returns a `peft.PeftModel` called as `model(*inputs)`, with inputs
 `(images,)` for timm and `(input_ids, attention_mask)` for text. Only the LoRA factors
 and the classifier head train. The model is ready for Opacus' `GradSampleModule`
-(hooks mode): batch-norm layers are frozen (`fedsim.batchnorm`) and windowed attention
-is made per-sample exact (`fedsim.window_unfold`), so per-sample gradients are correct.
+(hooks mode): batch-norm layers are frozen (`fedsim.models.batchnorm`) and windowed attention
+is made per-sample exact (`fedsim.models.window_unfold`), so per-sample gradients are correct.
 
 Related pieces live in their own modules and are re-exported here: `ModelSpec`,
 `factor_parameters`/`trainable_state`/`load_trainable_state`, `tokenize`,
@@ -24,11 +24,11 @@ from peft.tuners.lora import LoraLayer
 from timm.models import swin_transformer_v2
 from transformers import PreTrainedTokenizerBase
 
-from fedsim.batchnorm import neutralize_batchnorm
-from fedsim.lora_state import factor_parameters, load_trainable_state, trainable_state
-from fedsim.model_spec import ModelSpec
-from fedsim.text_model import TextClassifier, build_text_backbone, load_tokenizer, tokenize
-from fedsim.window_unfold import install_window_unfold
+from fedsim.models.batchnorm import neutralize_batchnorm
+from fedsim.models.lora_params import factor_parameters, load_trainable_state, trainable_state
+from fedsim.models.spec import ModelSpec
+from fedsim.models.text import TextClassifier, build_text_backbone, load_tokenizer, tokenize
+from fedsim.models.window_unfold import install_window_unfold
 
 __all__ = [
     "DEFAULT_TARGET_MODULES",

@@ -1,0 +1,158 @@
+"""Secure summation of client updates over torch.distributed, built on :mod:`secagg`.
+
+fedsim's side of the protocol of Bonawitz et al., CCS 2017 ("Practical Secure Aggregation
+for Privacy-Preserving Machine Learning", Fig. 4: AdvertiseKeys, ShareKeys,
+MaskedInputCollection, optional ConsistencyCheck, Unmasking), with the sparse SecAgg+
+graph of Bell et al., CCS 2020 as an option. ``secagg.protocol`` turns each stage into
+bytes; this module, with the round's parameters from
+:class:`~fedsim.secure_sum.config.SecureSumConfig`,
+
+- encodes each hosted client's float update with the fixed-point code (stochastic
+  rounding from a CSPRNG-seeded generator, clipping, headroom for the cohort's sum),
+- runs the stages over the relay (:mod:`fedsim.secure_sum.stages`: the server relays every
+  message, one frame per process per stage, deadlines, dropouts),
+- decodes the survivors' sum at the server.
+
+The server never holds an unmasked update: it holds masked vectors, the shares it is
+given in Unmasking, and the sum.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from fedsim.secure_sum.config import SecureSumConfig
+from fedsim.secure_sum.dropouts import DropoutPlan
+from fedsim.secure_sum.stages import RoundOutcome, client_stages, server_stages
+from fedsim.transport.relay import ClientRelay, ServerRelay
+from secagg.encoding import FixedPointCodec, as_ring_array
+from secagg.graph import NeighbourGraph
+from secagg.protocol import ClientRound, ProtocolError, ServerRound
+
+__all__ = ["SecureSum", "client_secure_sum", "exchange_index", "round_and_phase", "server_secure_sum"]
+
+logger = logging.getLogger(__name__)
+
+
+def exchange_index(round_idx: int, phase_idx: int, phases: int) -> int:
+    """The protocol round of one phase: a fresh index per secure sum, so no message replays across phases."""
+    return (round_idx - 1) * phases + phase_idx + 1
+
+
+def round_and_phase(exchange: int, phases: int) -> tuple[int, int]:
+    """Inverse of :func:`exchange_index`: (round, phase index)."""
+    round_idx, phase_idx = divmod(exchange - 1, phases)
+    return round_idx + 1, phase_idx
+
+@dataclass(frozen=True)
+class SecureSum:
+    """The server's result of one secure sum.
+
+    ``total``: float32 sum of the survivors' (clipped, encoded) updates, None when the
+    round aborted. ``rejections``: (sender, stage, reason) of every client message the
+    protocol rejected. ``transcript``: everything the server received (stage, sender,
+    bytes): its whole view of the round.
+    """
+
+    outcome: RoundOutcome
+    total: torch.Tensor | None
+    rejections: tuple
+    transcript: tuple
+
+    @property
+    def mean(self) -> torch.Tensor | None:
+        """The survivors' mean update (``total`` / number of survivors)."""
+        if self.total is None:
+            return None
+        return self.total / len(self.outcome.survivors)
+
+
+def server_secure_sum(
+    relay: ServerRelay,
+    hosts: Mapping[int, Sequence[int]],
+    *,
+    session: bytes,
+    round_idx: int,
+    cohort: tuple[int, ...],
+    dim: int,
+    config: SecureSumConfig,
+    keep_transcript: bool = False,
+    before_input: Callable[[list[int]], None] | None = None,
+) -> SecureSum:
+    """Run the server's side of one secure sum over the processes ``hosts`` ({rank: client ids}).
+
+    Never raises on client behaviour: dropouts, refusals and malformed messages end as
+    fewer survivors or an aborted round (``outcome.aborted``, ``outcome.abort_reason``).
+    Raises ValueError before any message if no safe parameters exist for ``cohort``.
+    ``keep_transcript``: keep everything the server received in ``transcript``.
+    ``before_input(ranks)``: called when the MaskedInputCollection requests are out,
+    before their replies are awaited (see :func:`fedsim.secure_sum.stages.server_stages`).
+    """
+    params = config.protocol_params(session, round_idx, cohort, dim)
+    protocol = ServerRound(params, keep_transcript=keep_transcript)
+    outcome = server_stages(
+        relay, hosts, protocol, round_idx=round_idx, cohort=cohort, timeout_s=config.timeout_s, before_input=before_input
+    )
+    total = None if outcome.aborted else config.codec(len(cohort)).decode_sum(protocol.result)
+    for sender, stage, reason in protocol.rejections:
+        logger.warning("round %d: rejected client %d at %s: %s", round_idx, sender, stage, reason)
+    if outcome.aborted:
+        logger.warning("round %d: secure sum aborted: %s", round_idx, outcome.abort_reason)
+    return SecureSum(outcome, total, tuple(protocol.rejections), tuple(protocol.transcript))
+
+
+def client_secure_sum(
+    relay: ClientRelay,
+    hosted: Sequence[int],
+    updates: Callable[[list[int]], Mapping[int, torch.Tensor]],
+    *,
+    session: bytes,
+    round_idx: int,
+    dim: int,
+    config: SecureSumConfig,
+    generator: torch.Generator,
+    dropouts: DropoutPlan | None = None,
+) -> RoundOutcome:
+    """Take part in one secure sum for the virtual clients ``hosted`` by this process.
+
+    The key stages run first; when MaskedInputCollection arrives, ``updates(ids)`` gives
+    the flat float update (``dim`` values) of each client still in the round that is
+    asked for it (it may train them there), and each is encoded and masked: it leaves
+    the process only masked. ``generator`` draws the stochastic-rounding coins (seed it
+    from the OS CSPRNG); masks come from fresh X25519 keys and AES-CTR inside the
+    protocol. Returns the outcome the server announced.
+    """
+    plan = dropouts or DropoutPlan()
+    rounds: dict[int, ClientRound] = {}
+    codec: FixedPointCodec | None = None
+
+    def make_rounds(cohort: tuple[int, ...]) -> dict[int, ClientRound]:
+        nonlocal codec
+        mine = [cid for cid in sorted(hosted) if cid in cohort]
+        if mine:
+            params = config.protocol_params(session, round_idx, cohort, dim)
+            graph = NeighbourGraph(session, round_idx, cohort, params.neighbours)
+            rounds.update({cid: ClientRound(params, cid, graph=graph) for cid in mine})
+            codec = config.codec(len(cohort))
+        return rounds
+
+    def provide_input(client_ids: list[int]) -> None:
+        given = updates(client_ids)
+        for cid in client_ids:
+            update = given[cid].detach().to(device="cpu", dtype=torch.float32).reshape(-1)
+            if update.numel() != dim:
+                raise ValueError(f"update of client {cid} has {update.numel()} values, expected dim={dim}")
+            rounds[cid].set_input(as_ring_array(codec.encode(update, generator)))
+
+    return client_stages(
+        relay,
+        make_rounds,
+        round_idx=round_idx,
+        drops=lambda stage, cid: plan.drops(round_idx, stage, cid),
+        refusal=ProtocolError,
+        provide_input=provide_input,
+    )

@@ -1,0 +1,248 @@
+"""The server's loop (rank 0): per method, per round, per phase, one secure sum.
+
+Per method, per round (docs/architecture.md, "One round"), the server draws the cohort from
+the population (:mod:`fedsim.population`; every client process hosts its share of the
+virtual clients), then for each phase of the method's round (:mod:`fedsim.methods.registry`:
+one for most methods, two for DEeR), one secure sum:
+
+1. the server sends every live client process hosting cohort members the global values of
+   the method's trainable factors (a ROUND frame, point to point:
+   :mod:`fedsim.transport.relay`);
+2. the secure sum starts (:mod:`fedsim.secure_sum.exchange`): its key stages (AdvertiseKeys,
+   ShareKeys) need no data and run first; when MaskedInputCollection asks for a client's
+   input, the client process trains it (:mod:`fedsim.client.loop`) and reports the
+   mechanism it ran (a REPORT frame) before it sends the masked update. The server only
+   ever holds masked vectors and their sum; clients may drop out at any stage, and the
+   sum is the survivors';
+3. if the sum completed, the server applies the survivors' mean update; if it aborted
+   (too few survivors), the global model stays as it was and the abort is recorded.
+
+Then the round's callbacks (:mod:`fedsim.server.callbacks`) record it: ledger and budgets,
+evaluation on schedule, ``metrics.jsonl``, the adapter checkpoint, progress.
+
+Faults: a client process that dies, stays silent past a deadline or sends something
+malformed is dropped for the rest of the run (with all its clients) and the run goes on
+with the others. When too few are left for the protocol, the run stops with
+:class:`TooFewClients`; every completed round's files are already written. Nothing waits
+on a dropped process: there is no collective after start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from accounting import Ledger
+from fedsim.config import RunConfig
+from fedsim.dp.randomness import session_id
+from fedsim.errors import FedsimError
+from fedsim.events import MethodSummary, Observer, RoundMetrics
+from fedsim.methods.registry import Phase, phase_steps
+from fedsim.models.lora_params import parameters_by_name
+from fedsim.population import Population, cohort_sampling
+from fedsim.rundir import LEDGER_FILE, method_run_dir
+from fedsim.secure_sum.config import SecureSumConfig, reply_limit, secure_sum_config
+from fedsim.secure_sum.exchange import exchange_index, server_secure_sum
+from fedsim.server.callbacks import MethodRun, MetricsToDisk, ProgressEvents, RoundCallback, RoundResult, SummaryToDisk
+from fedsim.server.checkpoint import AdapterCheckpoint
+from fedsim.server.evaluation import CentralEvaluation
+from fedsim.server.records import PrivacyLedger, client_level_record, gather_reports, merge_outcomes, sample_level_records
+from fedsim.task import Task, fresh_model
+from fedsim.transport.framing import Frame, pack_ids
+from fedsim.transport.payloads import RoundReport, pack_vector
+from fedsim.transport.relay import ServerRelay
+from fedsim.transport.vectors import add_flat, flatten
+from fedsim.transport.vocabulary import Kind, RoundEntry, SetupEntry
+from fedsim.transport.world import World
+
+__all__ = ["TooFewClients", "default_callbacks", "serve_run"]
+
+logger = logging.getLogger(__name__)
+
+
+class TooFewClients(FedsimError, RuntimeError):
+    """Too few clients are left for the secure-aggregation protocol to run another round."""
+
+
+def default_callbacks(config: RunConfig, observer: Observer | None) -> list[RoundCallback]:
+    """The side effects of every run, in order: ledger, evaluation, metrics, checkpoint, summary, progress."""
+    callbacks = [PrivacyLedger(config.delta), CentralEvaluation(), MetricsToDisk(), AdapterCheckpoint(), SummaryToDisk()]
+    return callbacks + ([ProgressEvents(observer)] if observer is not None else [])
+
+
+def serve_run(
+    config: RunConfig, world: World, task: Task, run_dir: Path, observer: Observer | None = None
+) -> list[MethodSummary]:
+    """The server rank: every method of ``config`` in turn, then FINISH to the live client processes.
+
+    Whatever happens, the relay is closed with bounded waits only.
+    """
+    relay = ServerRelay(world.relay_group, range(1, world.world_size), max_body_bytes=1 << 20)
+    summaries = []
+    try:
+        for method_name in config.methods:
+            server = MethodServer(config, world, task, relay, method_name, method_run_dir(run_dir, config.methods, method_name))
+            summaries.append(server.serve(default_callbacks(config, observer)))
+    except BaseException as exc:
+        relay.close(f"the server stopped the run: {exc}", timeout_s=10.0)
+        raise
+    relay.close("the run is complete", timeout_s=min(60.0, config.timeout_s))
+    return summaries
+
+
+@dataclass
+class TrainingWait:
+    """The ``before_input`` hook of one phase: wait (``timeout_s``) for the reports of the ranks asked for input.
+
+    Clients train when the protocol asks for their masked input; a malformed report drops
+    its process (:func:`~fedsim.server.records.gather_reports`).
+    """
+
+    relay: ServerRelay
+    hosts: Mapping[int, Sequence[int]]
+    exchange: int
+    steps: int
+    timeout_s: float
+    reports: dict[int, RoundReport] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def __call__(self, ranks: list[int]) -> None:
+        waited = time.perf_counter()
+        self.reports.update(gather_reports(self.relay, {r: self.hosts[r] for r in ranks}, self.exchange, self.steps, self.timeout_s))
+        self.seconds += time.perf_counter() - waited
+
+
+class MethodServer:
+    """The server for one method: send, securely sum, update; the callbacks account, evaluate, record."""
+
+    def __init__(self, config: RunConfig, world: World, task: Task, relay: ServerRelay, method_name: str, out: Path) -> None:
+        method, model, factors = fresh_model(task, method_name, world.device)
+        out.mkdir(parents=True, exist_ok=True)
+        self.run = MethodRun(config, task, method, model, factors, out, Ledger(out / LEDGER_FILE), world.device)
+        self.relay = relay
+        self.params = parameters_by_name(factors)
+        self.all_names = method.all_sent_names(factors)
+        self.secagg: SecureSumConfig = secure_sum_config(config)
+        self.population = Population(config.population_size, world.num_clients)
+        self.sampling = cohort_sampling(config)
+        self.planned = self.sampling.expected_size(self.population.size)
+        self.session = session_id()  # fresh per method: no message replays across methods
+
+    def serve(self, callbacks: Sequence[RoundCallback]) -> MethodSummary:
+        """Run every round of the method; the summary the callbacks completed."""
+        started = time.perf_counter()
+        run, config = self.run, self.run.config
+        setup = Frame(Kind.SETUP, entries={
+            SetupEntry.SESSION: self.session,
+            SetupEntry.INITIAL_STATE: pack_vector(flatten(self.params, sorted(self.params))),
+        })
+        for rank in self.relay.live:
+            self.relay.send(rank, setup)
+        hosted_max = len(self.population.hosted_by(1))
+        dim_all = sum(self.params[n].numel() for n in self.all_names)
+        self.relay.set_max_body_bytes(reply_limit(dim_all, cohort=self.population.size, hosted=hosted_max))
+        for callback in callbacks:
+            callback.method_started(run)
+        aborted_rounds = 0
+        for round_idx in range(1, config.rounds + 1):
+            round_start = time.perf_counter()
+            result = self.run_round(round_idx)
+            fields: dict[str, Any] = {}
+            for callback in callbacks:
+                fields.update(callback.round_ended(run, result))
+            metrics = round_metrics(run, result, fields, seconds=time.perf_counter() - round_start)
+            for callback in callbacks:
+                callback.round_recorded(run, metrics)
+            aborted_rounds += result.outcome.aborted
+        for rank in self.relay.live:
+            self.relay.send(rank, Frame(Kind.DONE))
+        fields = {}
+        for callback in callbacks:
+            fields.update(callback.method_ended(run))
+        summary = MethodSummary(
+            method=run.method.name,
+            rounds=config.rounds,
+            run_dir=str(run.out),
+            seconds=time.perf_counter() - started,
+            aborted_rounds=aborted_rounds,
+            dropped_processes=dict(self.relay.dropped),
+            **fields,
+        )
+        for callback in callbacks:
+            callback.summary_recorded(run, summary)
+        return summary
+
+    def run_round(self, round_idx: int) -> RoundResult:
+        """One round: the cohort, then one secure sum per phase; its records and merged outcome."""
+        config = self.run.config
+        members = set(self.sampling.sample(self.population.size))
+        hosts = {
+            rank: ids for rank in self.relay.live if (ids := tuple(c for c in self.population.hosted_by(rank) if c in members))
+        }
+        phases = self.run.method.phases(round_idx)
+        outcomes, records, train_seconds = [], [], 0.0
+        for phase_idx, (phase, steps) in enumerate(zip(phases, phase_steps(config.local_steps, len(phases)))):
+            hosts = {rank: ids for rank, ids in hosts.items() if rank in self.relay.live}
+            require_enough_clients(self.secagg, hosts, self.relay, round_idx)
+            wait = TrainingWait(self.relay, hosts, exchange_index(round_idx, phase_idx, len(phases)), steps, config.timeout_s)
+            outcome = self.run_phase(phase, hosts, wait)
+            outcomes.append(outcome)
+            train_seconds += wait.seconds
+            records += sample_level_records(round_idx, wait.reports, config.delta)
+            if config.client_noise_multiplier > 0 and not outcome.aborted:
+                records.append(client_level_record(
+                    round_idx, noise_multiplier=config.client_noise_multiplier, sampling=self.sampling,
+                    planned=self.planned, population=self.population.size, survivors=len(outcome.survivors), delta=config.delta,
+                ))
+        return RoundResult(round_idx, tuple(records), merge_outcomes(outcomes), train_seconds)
+
+    def run_phase(self, phase: Phase, hosts: Mapping[int, Sequence[int]], wait: TrainingWait):
+        """Send the global state to the cohort's processes, run one secure sum, apply the survivors' mean."""
+        names = phase.sent_names(self.run.factors)
+        vector = pack_vector(flatten(self.params, self.all_names))
+        for rank, clients in hosts.items():
+            self.relay.send(rank, Frame(Kind.ROUND, wait.exchange, entries={
+                RoundEntry.GLOBAL_STATE: vector, RoundEntry.CLIENTS: pack_ids(clients),
+            }))
+        result = server_secure_sum(
+            self.relay, hosts, session=self.session, round_idx=wait.exchange,
+            cohort=tuple(sorted(c for ids in hosts.values() for c in ids)),
+            dim=sum(self.params[n].numel() for n in names), config=self.secagg, before_input=wait,
+        )
+        if result.mean is not None:
+            add_flat(self.params, names, result.mean)
+        return result.outcome
+
+
+def round_metrics(run: MethodRun, result: RoundResult, fields: Mapping[str, Any], seconds: float) -> RoundMetrics:
+    """The round's metrics row: what the loop measured plus the callbacks' fields."""
+    outcome = result.outcome
+    return RoundMetrics(
+        method=run.method.name,
+        round=result.round,
+        clients=result.clients,
+        seconds=seconds,
+        train_seconds=result.train_seconds,
+        survivors=len(outcome.survivors),
+        dropped=dict(outcome.dropped),
+        aborted=outcome.aborted,
+        abort_reason=outcome.abort_reason,
+        **fields,
+    )
+
+
+def require_enough_clients(secagg: SecureSumConfig, hosts: Mapping[int, Sequence[int]], relay: ServerRelay, round_idx: int) -> None:
+    """Raise :class:`TooFewClients` unless the live processes' clients can run the protocol."""
+    count = sum(len(ids) for ids in hosts.values())
+    try:
+        secagg.shape(count)
+    except ValueError as exc:
+        lost = "; ".join(f"rank {rank}: {why}" for rank, why in relay.dropped.items()) or "none"
+        raise TooFewClients(
+            f"round {round_idx} cannot run: {count} client(s) left on live processes and the secure "
+            f"aggregation protocol refuses them ({exc}). Dropped processes: {lost}"
+        ) from None

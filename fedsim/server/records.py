@@ -1,0 +1,138 @@
+"""What the server records of a round: the clients' reports, their ledger records, the budgets.
+
+Local training spends privacy whatever becomes of the update, so every client that reported
+gets one ledger record per phase (a :class:`~accounting.PoissonSubsampledGaussian` with the
+steps it ran), and with client-level DP every completed secure sum adds one population
+record (client=None) at the noise the survivors actually added. A client whose process dies
+before its report has no record: the server cannot know what it ran, and nothing of its
+data left the process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from accounting import (
+    METHOD_NONE,
+    BudgetTracker,
+    ClientLevelGaussian,
+    EpsilonBound,
+    LedgerRecord,
+    PoissonSubsampledGaussian,
+)
+from fedsim.dp.client_level import realized_noise_multiplier
+from fedsim.population import CohortSampling
+from fedsim.secure_sum.stages import RoundOutcome
+from fedsim.server.callbacks import MethodRun, RoundCallback, RoundResult
+from fedsim.transport.framing import FrameError
+from fedsim.transport.payloads import RoundReport, unpack_report
+from fedsim.transport.relay import ServerRelay
+from fedsim.transport.vocabulary import Kind
+
+__all__ = [
+    "PrivacyLedger",
+    "client_level_record",
+    "gather_reports",
+    "merge_outcomes",
+    "sample_level_records",
+]
+
+
+def gather_reports(
+    relay: ServerRelay, hosts: Mapping[int, Sequence[int]], round_idx: int, max_steps: int, timeout_s: float
+) -> dict[int, RoundReport]:
+    """Each live process's REPORT (what its clients ran); a malformed one drops the process."""
+    reports: dict[int, RoundReport] = {}
+    for rank, frame in relay.gather(list(hosts), Kind.REPORT, round_idx, "", timeout_s).items():
+        try:
+            foreign = sorted(set(frame.entries) - set(hosts[rank]))
+            if foreign:
+                raise FrameError(f"reports for clients {foreign} it does not host")
+            reports.update({cid: unpack_report(data, cid, max_steps) for cid, data in frame.entries.items()})
+        except FrameError as exc:
+            relay.drop(rank, f"malformed REPORT in round {round_idx}: {exc}")
+    return dict(sorted(reports.items()))
+
+
+def sample_level_records(round_idx: int, reports: Mapping[int, RoundReport], delta: float) -> list[LedgerRecord]:
+    """One record per reporting client: the Poisson-subsampled Gaussian it ran (by client id)."""
+    return [
+        LedgerRecord(
+            round=round_idx,
+            client=r.client,
+            mechanism=PoissonSubsampledGaussian(r.noise_multiplier, r.sample_rate, r.steps),
+            delta=delta,
+        )
+        for r in sorted(reports.values(), key=lambda r: r.client)
+    ]
+
+
+def client_level_record(
+    round_idx: int, *, noise_multiplier: float, sampling: CohortSampling, planned: int, population: int, survivors: int, delta: float
+) -> LedgerRecord:
+    """The population's client-level release of one secure sum, at the noise the survivors added."""
+    return LedgerRecord(
+        round=round_idx,
+        client=None,
+        mechanism=ClientLevelGaussian(
+            realized_noise_multiplier(noise_multiplier, planned, survivors),
+            cohort_size=planned,
+            population=population,
+            steps=1,
+            sampling=sampling.accounting_name,
+        ),
+        delta=delta,
+    )
+
+
+def merge_outcomes(outcomes: Sequence[RoundOutcome]) -> RoundOutcome:
+    """One round's outcome from its phases': aborted if any phase aborted, survivors of the last."""
+    dropped: dict[str, tuple[int, ...]] = {}
+    for outcome in outcomes:
+        for stage, ids in outcome.dropped.items():
+            dropped[stage] = tuple(sorted(set(dropped.get(stage, ())) | set(ids)))
+    aborted = [o for o in outcomes if o.aborted]
+    last = outcomes[-1]
+    return RoundOutcome(
+        cohort=outcomes[0].cohort,
+        survivors=() if aborted else last.survivors,
+        aborted=bool(aborted),
+        abort_reason="; ".join(o.abort_reason or "" for o in aborted) or None,
+        dropped=dropped,
+    )
+
+
+class PrivacyLedger(RoundCallback):
+    """Appends each round's records to the signed ledger and composes every party's ε (PRV).
+
+    Adds to the round's metrics the worst client's sample-level ε (PRV upper bound and RDP)
+    at the run's δ; to the summary also the accountant that gave it, the population's
+    client-level ε (None without client-level DP) and the ledger key's fingerprint.
+    """
+
+    def __init__(self, delta: float) -> None:
+        self.budgets = BudgetTracker(delta)
+        self.delta = delta
+        self.worst = EpsilonBound(0.0, 0.0, 0.0, delta, METHOD_NONE)  # nothing released yet
+        self.worst_rdp = 0.0
+        self.client_level: float | None = None
+
+    def round_ended(self, run: MethodRun, result: RoundResult) -> Mapping[str, Any]:
+        run.ledger.append(result.records)
+        snapshot = self.budgets.add(result.records)
+        if snapshot.worst() is not None:
+            self.worst, self.worst_rdp = snapshot.worst().prv, snapshot.worst().rdp
+        if snapshot.population is not None:
+            self.client_level = snapshot.population.prv.upper
+        return {"epsilon": self.worst.upper, "epsilon_rdp": self.worst_rdp, "delta": self.delta}
+
+    def method_ended(self, run: MethodRun) -> Mapping[str, Any]:
+        return {
+            "epsilon": self.worst.upper,
+            "epsilon_method": self.worst.method,
+            "epsilon_rdp": self.worst_rdp,
+            "client_level_epsilon": self.client_level,
+            "delta": self.delta,
+            "ledger_fingerprint": run.ledger.fingerprint,
+        }
