@@ -16,6 +16,8 @@ from .budget import (
 )
 from .calibration import Calibration, CalibrationError, Schedule, calibrate, calibrate_schedule
 from .ledger import (
+    LEDGER_FORMAT_VERSION,
+    LEDGER_FORMAT_VERSIONS,
     Ledger,
     LedgerAudit,
     LedgerEntry,
@@ -55,6 +57,8 @@ from .rdp import DEFAULT_ORDERS, compose_rdp, rdp_epsilon, rdp_to_epsilon
 __all__ = [
     "DEFAULT_EPS_ERROR",
     "DEFAULT_ORDERS",
+    "LEDGER_FORMAT_VERSION",
+    "LEDGER_FORMAT_VERSIONS",
     "LEVEL_CLIENT",
     "LEVEL_SAMPLE",
     "METHOD_ANALYTIC_GAUSSIAN",

@@ -1,6 +1,6 @@
 """Per-party privacy budgets, recomputed from ledger records alone.
 
-Two kinds of party (DESIGN.md, "Privacy semantics"):
+Two kinds of party (docs/architecture.md, "Privacy semantics"):
 
 * **sample level**, one per client: the client's guarantee about its own records,
   composed from exactly the :class:`~accounting.mechanisms.PoissonSubsampledGaussian`

@@ -2,9 +2,19 @@
 
 One line per release, in canonical JSON (sorted keys, no spaces, ASCII)::
 
-    {"client":7,"delta":1e-05,"mechanism":{"name":"poisson_subsampled_gaussian",
+    {"client":7,"delta":1e-05,"format_version":1,"mechanism":{"name":"poisson_subsampled_gaussian",
      "noise_multiplier":1.1,"sample_rate":0.01,"steps":50},"prev":"9f2c...","round":3,"seq":12}
 
+* ``format_version`` is the layout of the line, :data:`LEDGER_FORMAT_VERSION` (1).
+  It is bumped by any change to the line layout (a field added, removed, renamed or
+  given another meaning, a change to canonicalisation or chaining) and never by a
+  change to a mechanism: a mechanism's name, fields and meaning never change once
+  released, a new one gets a new name instead (:mod:`accounting.mechanisms`). Lines
+  written before versions existed have no ``format_version``; they are read as
+  version 1, which is their layout. A line of any other version (an unknown, newer
+  one, or not an integer) is refused, never guessed at: upgrade fedsim to read it.
+  The field is part of the canonical line, so the hash chain and the signature
+  cover it like every other field.
 * ``seq`` numbers the records 1, 2, 3, ...: record n is line n.
 * ``prev`` is the SHA-256 (hex) of the previous record's line, :data:`GENESIS` for
   record 1: editing, deleting or moving a record breaks the chain at that record.
@@ -44,6 +54,8 @@ from .mechanisms import ClientLevelGaussian, Mechanism, PoissonSubsampledGaussia
 
 __all__ = [
     "GENESIS",
+    "LEDGER_FORMAT_VERSION",
+    "LEDGER_FORMAT_VERSIONS",
     "Ledger",
     "LedgerAudit",
     "LedgerEntry",
@@ -67,10 +79,16 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 #: ``prev`` of record 1.
 GENESIS = "0" * 64
+#: The layout of the lines :class:`Ledger` writes (``format_version`` of every line).
+LEDGER_FORMAT_VERSION = 1
+#: The line layouts this reader understands. A line without ``format_version``
+#: (written before versions existed) is read as version 1.
+LEDGER_FORMAT_VERSIONS = (1,)
 SIGNATURE_FORMAT = "fedsim-ledger-signature/1"
 _SIGNED_PREFIX = b"fedsim-ledger-head/1\n"
 _RECORD_FIELDS = ("round", "client", "mechanism", "delta")
 _CHAIN_FIELDS = ("seq", "prev")
+_VERSION_FIELD = "format_version"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -91,6 +109,18 @@ def canonical_json(data: Any) -> str:
 
 def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def _line_text(record: "LedgerRecord", seq: int, prev: str, format_version: Optional[int]) -> str:
+    """The canonical line of ``record`` as record ``seq`` chained to ``prev`` (no newline).
+
+    ``format_version`` None is the layout of the lines written before versions existed
+    (no ``format_version`` field); the reader uses it to check such lines are canonical.
+    """
+    data = {**record.to_dict(), "seq": seq, "prev": prev}
+    if format_version is not None:
+        data[_VERSION_FIELD] = format_version
+    return canonical_json(data)
 
 
 def _check_index(field: str, value: Any) -> int:
@@ -329,7 +359,7 @@ class Ledger:
         lines = []
         for record in records:
             seq += 1
-            line = canonical_json({**record.to_dict(), "seq": seq, "prev": prev})
+            line = _line_text(record, seq, prev, LEDGER_FORMAT_VERSION)
             prev = _sha256(line)
             lines.append(line + "\n")
         with open(self._path, "ab") as handle:
@@ -409,8 +439,45 @@ class LedgerProblem:
         return f"{', '.join(where)}: {self.message}" if where else self.message
 
 
+class _LineError(ValueError):
+    """What is wrong with one line, with the record number it claims where readable."""
+
+    def __init__(self, message: str, record: Optional[int] = None) -> None:
+        super().__init__(message)
+        self.record = record
+
+
+def _check_format_version(data: dict[str, Any]) -> Optional[int]:
+    """Pop and check ``format_version``: None if absent (read as version 1), else the version.
+
+    Raises _LineError for a version this reader does not know, naming the value found
+    and the versions known (and the record number the line claims, if readable).
+    """
+    if _VERSION_FIELD not in data:
+        return None
+    version = data.pop(_VERSION_FIELD)
+    if not isinstance(version, bool) and isinstance(version, int) and version in LEDGER_FORMAT_VERSIONS:
+        return version
+    seq = data.get("seq")
+    record = seq if not isinstance(seq, bool) and isinstance(seq, int) and seq >= 1 else None
+    known = ", ".join(str(v) for v in LEDGER_FORMAT_VERSIONS)
+    if isinstance(version, bool) or not isinstance(version, int):
+        found = f"{version!r} ({type(version).__name__}), not an integer"
+    else:
+        found = f"{version!r}"
+    raise _LineError(
+        f"format_version {found}: this reader knows version(s) {known} (and lines without the field, "
+        "read as version 1); written by a newer fedsim? upgrade fedsim to read it",
+        record=record,
+    )
+
+
 def _parse_line(raw: bytes) -> tuple[int, str, LedgerRecord]:
-    """(seq, prev, record) of one line, or ValueError with what is wrong."""
+    """(seq, prev, record) of one line, or ValueError with what is wrong.
+
+    A line without ``format_version`` is read as version 1 (and must be canonical
+    without the field); any version outside :data:`LEDGER_FORMAT_VERSIONS` is refused.
+    """
     try:
         text = raw.decode("ascii")
     except UnicodeDecodeError as exc:
@@ -420,6 +487,8 @@ def _parse_line(raw: bytes) -> tuple[int, str, LedgerRecord]:
     data = _loads_strict(text)
     if not isinstance(data, dict):
         raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+    # Before anything else: another layout's fields would only give misleading errors.
+    version = _check_format_version(data)
     missing = [f for f in _CHAIN_FIELDS if f not in data]
     if missing:
         raise ValueError(f"missing chain field(s) {missing}: not a hash-chained fedsim ledger")
@@ -429,7 +498,7 @@ def _parse_line(raw: bytes) -> tuple[int, str, LedgerRecord]:
     if not isinstance(prev, str) or not _HEX64.fullmatch(prev):
         raise ValueError(f"prev must be 64 lowercase hex digits, got {prev!r}")
     record = LedgerRecord.from_dict(data)
-    if canonical_json({**record.to_dict(), "seq": seq, "prev": prev}) != text:
+    if _line_text(record, seq, prev, version) != text:
         raise ValueError("not in canonical form (sorted keys, no spaces, shortest numbers): edited by hand?")
     return seq, prev, record
 
@@ -451,7 +520,7 @@ def _scan(data: bytes) -> tuple[list[LedgerEntry], list[LedgerProblem]]:
         try:
             seq, prev, record = _parse_line(raw)
         except ValueError as exc:
-            problems.append(LedgerProblem(str(exc), line=number))
+            problems.append(LedgerProblem(str(exc), line=number, record=getattr(exc, "record", None)))
             continue
         entries.append(LedgerEntry(seq, prev, _sha256(raw.decode("ascii")), number, record))
     problems.extend(_sequence_problems(entries))
@@ -529,9 +598,13 @@ def read_entries(path: PathLike) -> list[LedgerEntry]:
     The signature is not checked here (a running server signs just after each
     append; use :func:`audit_ledger` for that).
 
+    Lines without ``format_version`` (written before versions existed) are read as
+    version 1; a line of any version outside :data:`LEDGER_FORMAT_VERSIONS` is refused.
+
     Raises:
         LedgerError: naming the line of the first problem: not ASCII / JSON / a
-            valid record, not canonical, a last line without its newline (a torn
+            valid record, a ``format_version`` this reader does not know (naming
+            the value and the versions known), not canonical, a last line without its newline (a torn
             write), a record missing, duplicated or out of order, a broken chain, or
             a round lower than the line before.
     """
@@ -545,7 +618,11 @@ def read_entries(path: PathLike) -> list[LedgerEntry]:
 
 
 def read_ledger(path: PathLike) -> list[LedgerRecord]:
-    """All records of the ledger at ``path``, in file order (see :func:`read_entries`)."""
+    """All records of the ledger at ``path``, in file order (see :func:`read_entries`).
+
+    Lines without ``format_version`` (ledgers written before versions existed) are
+    read as version 1; an unknown version raises :class:`LedgerError`.
+    """
     return [entry.record for entry in read_entries(path)]
 
 
@@ -578,6 +655,10 @@ def audit_ledger(
     fingerprint: Optional[str] = None,
 ) -> LedgerAudit:
     """Check a ledger's lines, numbering, chain and signed head; never raises on tampering.
+
+    Lines are read as :func:`read_entries` reads them (no ``format_version``: version
+    1); a line of an unknown ``format_version`` is a problem naming its line, record,
+    the value found and the versions known.
 
     Args:
         path: the ledger file (``ledger.pub`` and ``ledger.sig`` beside it).

@@ -1,5 +1,15 @@
 """Privacy mechanisms as small, immutable value objects.
 
+Stability contract (in the spirit of dp_accounting's ``dp_event.py``): mechanisms are
+persisted in ledgers (:mod:`accounting.ledger`) by their ``name`` and fields, and every
+reported figure is replayed from those. So a persisted mechanism's name, fields and
+meaning never change once released. A changed meaning or a new field gets a new
+mechanism class with a new name, and the old one stays as it is, so old ledgers keep
+replaying exactly, to the last bit. Readers refuse names they do not know, and
+missing or extra fields, rather than guess (:func:`mechanism_from_dict`, each
+``from_dict``). This is separate from the ledger's ``format_version``, which covers
+the layout of a ledger line and is never bumped for a mechanism.
+
 A mechanism says *what was released* (which noise, which sampling, how many times);
 it knows nothing about composition. Accountants (:mod:`accounting.prv`,
 :mod:`accounting.rdp`) turn sequences of mechanisms into privacy figures, in the
@@ -9,10 +19,10 @@ Every mechanism class has a class-level ``name`` (its tag in the ledger),
 ``to_dict()`` / ``from_dict()`` for exact JSON round trips, an integer ``steps``
 (how many times it ran) and :meth:`accounted_as`: the Poisson-subsampled Gaussian
 whose privacy curve dominates one run of it, which is all the accountants need.
-New mechanisms slot in by adding a frozen dataclass with those members and listing
-it in ``_REGISTRY``.
+New mechanisms slot in by adding a frozen dataclass with those members, and a
+``name`` no mechanism has used before, and listing it in ``_REGISTRY``.
 
-Two levels of privacy (DESIGN.md, "Privacy semantics"):
+Two levels of privacy (docs/architecture.md, "Privacy semantics"):
 
 * :class:`PoissonSubsampledGaussian`: sample-level DP-SGD steps, one party per client;
 * :class:`ClientLevelGaussian`: client-level DP-FedAvg rounds, whose guarantee covers

@@ -12,15 +12,15 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Any, NoReturn, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import typer
-from rich import box
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
-from fedsim.rundir import LEDGER_FILE, METRICS_FILE, SUMMARY_FILE, find_ledgers
+from cli.render import budget_table, fail, fmt, invalid, plan_table, worst_line
+from cli.reported import compare_reported
+from fedsim.rundir import LEDGER_FILE, find_ledgers
 
 budget_app = typer.Typer(
     help=(
@@ -32,24 +32,8 @@ budget_app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-err = Console(stderr=True, soft_wrap=True)
-
-#: Relative tolerance when comparing a reported ε with the recomputed one: the two are
-#: computed by the same deterministic code, so they agree to the last bit on one machine.
-REPORT_RTOL = 1e-9
-
 RUN_DIR_HELP = "A run directory written by `fedsim run` (its ledger.jsonl, or one per method folder)."
 DELTA_HELP = "δ at which to report ε, in (0, 1) (default: the δ recorded in the ledger)."
-
-
-def fail(message: str, code: int = 2) -> NoReturn:
-    """Print ``error: message`` (markup escaped) on stderr and exit with ``code``."""
-    err.print(f"[bold red]error:[/] {escape(message)}")
-    raise typer.Exit(code)
-
-
-def invalid(option: str, value: Any, expected: str) -> NoReturn:
-    fail(f"{option}={value!r} is invalid: expected {expected}")
 
 
 def check_delta(delta: Optional[float]) -> None:
@@ -79,14 +63,6 @@ def load_records(path: Path) -> list:
 
 def ledger_delta(records: Sequence, delta: Optional[float]) -> float:
     return delta if delta is not None else (records[0].delta if records else 1e-5)
-
-
-def client_label(client: Optional[int]) -> str:
-    return "all (client-level)" if client is None else str(client)
-
-
-def fmt(value: float) -> str:
-    return f"{value:.4f}" if math.isfinite(value) else str(value)
 
 
 # ---------------------------------------------------------------------------------- show
@@ -163,34 +139,6 @@ def show_command(
             out.print(budget_table(method, snapshot, [r for r in rows if r["method"] == method]))
             if client is None:
                 out.print(worst_line(snapshot))
-
-
-def budget_table(method: str, snapshot, rows: Sequence[dict[str, Any]]) -> Table:
-    """One method's budgets as a rich table."""
-    title = f"{escape(method)}: ε at δ={snapshot.delta:g} after round {snapshot.round} (ε upper is the guarantee)"
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
-    for column in ("client", "rounds", "steps", "ε upper", "estimate", "lower", "method", "RDP ε", "RDP/PRV"):
-        table.add_column(column, justify="left" if column in ("client", "method") else "right", no_wrap=True)
-    for r in rows:
-        table.add_row(
-            client_label(r["client"]), str(r["rounds"]), str(r["steps"]), fmt(r["epsilon_upper"]),
-            fmt(r["epsilon_estimate"]), fmt(r["epsilon_lower"]), r["accountant"], fmt(r["epsilon_rdp"]),
-            f"{r['rdp_over_prv']:.3f}x",
-        )
-    return table
-
-
-def worst_line(snapshot) -> str:
-    """The worst client and the quantiles of ε over clients, in one line."""
-    worst = snapshot.worst()
-    if worst is None:
-        return "no sample-level records"
-    q = snapshot.quantiles()
-    return (
-        f"worst client {worst.client}: ε ≤ {fmt(worst.prv.upper)} ({worst.prv.method}), RDP {fmt(worst.rdp)} "
-        f"({worst.rdp_over_prv:.3f}x)   ε upper over {len(snapshot.clients)} clients: "
-        f"min {fmt(q[0.0])} · median {fmt(q[0.5])} · p90 {fmt(q[0.9])} · max {fmt(q[1.0])}"
-    )
 
 
 # --------------------------------------------------------------------------------- curve
@@ -329,80 +277,6 @@ def verify_command(
     out.print("[bold green]verified[/]")
 
 
-def compare_reported(folder: Path, records: Sequence) -> list[str]:
-    """Differences between the ε the run reported beside the ledger and the ledger's own."""
-    from accounting import budget_history
-
-    deltas = sorted({r.delta for r in records})
-    if len(deltas) > 1:
-        return [f"{LEDGER_FILE}: records carry different δ {deltas}; a run has one target δ"]
-    history = {s.round: s for s in budget_history(records, deltas[0])}
-    problems = []
-    metrics_path = folder / METRICS_FILE
-    reported_rounds = set()
-    if metrics_path.is_file():
-        for number, line in enumerate(metrics_path.read_text().splitlines(), start=1):
-            if not line.strip():
-                continue
-            where = f"{METRICS_FILE} line {number}"
-            try:
-                row = json.loads(line)
-                missing = {"round", "epsilon"} - set(row)
-                if missing:
-                    raise KeyError(f"missing {sorted(missing)}")
-                round_ = row["round"]
-            except (ValueError, KeyError, TypeError) as exc:
-                problems.append(f"{where}: unreadable ({exc})")
-                continue
-            reported_rounds.add(round_)
-            # A round in which no client reported adds no record: the budgets stand as before it.
-            earlier = [r for r in history if isinstance(round_, int) and r <= round_]
-            if not earlier:
-                if row.get("epsilon") != 0.0:
-                    problems.append(f"{where}: round {round_} reports epsilon={row.get('epsilon')!r} before any ledger record")
-                continue
-            problems += compare_figures(where, f"round {round_}", row, history[max(earlier)])
-        for round_ in sorted(set(history) - reported_rounds):
-            problems.append(f"{METRICS_FILE}: no row for round {round_}, which the ledger holds")
-    else:
-        problems.append(f"{METRICS_FILE} is missing beside the ledger: the run's figures cannot be checked")
-    summary_path = folder / SUMMARY_FILE
-    if summary_path.is_file():
-        try:
-            summary = json.loads(summary_path.read_text())
-            final = history[max(history)]
-            problems += compare_figures(SUMMARY_FILE, f"final round {final.round}", summary, final)
-            worst = final.worst()
-            if worst is not None and summary.get("epsilon_method", worst.prv.method) != worst.prv.method:
-                problems.append(
-                    f"{SUMMARY_FILE}: epsilon_method={summary['epsilon_method']!r}, "
-                    f"but the ledger's figure comes from {worst.prv.method!r}"
-                )
-        except (ValueError, KeyError, TypeError) as exc:
-            problems.append(f"{SUMMARY_FILE}: unreadable ({exc})")
-    return problems
-
-
-def compare_figures(where: str, what: str, reported: dict, snapshot) -> list[str]:
-    """``epsilon`` (worst client's PRV upper), ``epsilon_rdp`` (its RDP, if reported) and ``delta``."""
-    worst = snapshot.worst() or snapshot.population
-    if worst is None:
-        return []
-    problems = []
-    if "delta" in reported and reported["delta"] != snapshot.delta:
-        problems.append(f"{where} ({what}): reported δ={reported['delta']!r}, the ledger's δ is {snapshot.delta!r}")
-    for key, recomputed in (("epsilon", worst.prv.upper), ("epsilon_rdp", worst.rdp)):
-        if key not in reported:
-            continue
-        value = reported[key]
-        if not isinstance(value, (int, float)) or not math.isclose(value, recomputed, rel_tol=REPORT_RTOL, abs_tol=1e-12):
-            problems.append(
-                f"{where} ({what}): reported {key}={value!r}, but the ledger gives {recomputed!r} "
-                f"(client {client_label(worst.client)}, δ={snapshot.delta:g})"
-            )
-    return problems
-
-
 # ---------------------------------------------------------------------------------- plan
 
 
@@ -498,13 +372,6 @@ def plan_command(
             f"lower {fmt(bound.lower)}; RDP {fmt(calibration.rdp_epsilon)} "
             f"({calibration.rdp_epsilon / bound.upper:.3f}x)"
         )
-        table = Table(title="ε after each round (PRV upper bound)", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
-        for column in ("round", "steps", "ε upper", "ε estimate", "ε RDP"):
-            table.add_column(column, justify="right")
-        stride = max(1, math.ceil(len(curve) / 10))
-        for point in curve:
-            if point.round % stride == 0 or point.round in (1, len(curve)):
-                table.add_row(str(point.round), str(point.steps), fmt(point.prv.upper), fmt(point.prv.estimate), fmt(point.rdp))
-        out_console.print(table)
+        out_console.print(plan_table(curve))
     if out is not None:
         typer.echo(f"wrote {plot_plan_curve(curve, out, calibration, schedule.describe())}")

@@ -20,6 +20,8 @@ from typing import Iterable, Optional, Sequence
 
 import typer
 
+from cli.render import fail
+from cli.run import start_job
 from fedsim.methods.registry import METHOD_NAMES
 
 RESULTS_CSV = "results.csv"
@@ -145,11 +147,9 @@ def compare_command(
 
       fedsim compare --epsilons 1,3 --seeds 0,1
     """
-    from cli.app import ProgressObserver, fail, make_progress
-    from fedsim.config import ConfigError, build_config, load_config_file
-    from fedsim.launch import LaunchError, configure_process_logging, launch_local
+    from fedsim.config import build_config, load_config_file
+    from fedsim.launch import configure_process_logging
     from fedsim.preflight import preflight
-    from fedsim.rundir import CONFIG_FILE
 
     configure_process_logging(logging.WARNING)
     targets = parse_floats(epsilons, "epsilons")
@@ -157,27 +157,19 @@ def compare_command(
     out = out or Path(f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}")
     if out.exists() and any(out.iterdir()):
         fail(f"out={str(out)!r} is invalid: expected a new or empty directory")
+    file_values = load_config_file(config_file) if config_file else {}
     try:
-        file_values = load_config_file(config_file) if config_file else {}
         configs = {
-            (target, seed): build_config(file_values, methods=methods, target_epsilon=target, seed=seed, run_dir=str(out / f"eps{target:g}-seed{seed}"))
+            (target, seed): preflight(build_config(file_values, methods=methods, target_epsilon=target, seed=seed, run_dir=str(out / f"eps{target:g}-seed{seed}")))
             for target in targets
             for seed in seed_list
         }
-        configs = {key: preflight(config) for key, config in configs.items()}
-    except (ConfigError, TypeError) as exc:
+    except TypeError as exc:  # a value of a type no rule expected
         fail(str(exc))
     out.mkdir(parents=True, exist_ok=True)
     rows: list[CompareRow] = []
     for (target, seed), config in configs.items():
-        job_dir = Path(config.run_dir)
-        job_dir.mkdir(parents=True)
-        (job_dir / CONFIG_FILE).write_text(config.to_json())
-        try:
-            with make_progress(enabled=True) as progress:
-                summaries = launch_local(config, job_dir, ProgressObserver(progress))
-        except (LaunchError, RuntimeError, ValueError) as exc:
-            fail(str(exc), code=1)
+        summaries = start_job(config, Path(config.run_dir))
         rows.extend(
             CompareRow(s.method, target, seed, config.noise_multiplier, s.accuracy, s.epsilon, s.delta, s.run_dir, s.seconds)
             for s in summaries

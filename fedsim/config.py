@@ -10,24 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from fedsim.errors import BAD_INPUT, FedsimError
-from fedsim.methods.registry import METHOD_NAMES
+from fedsim.rundir import CONFIG_FORMAT_VERSION, FORMAT_VERSION_FIELD
+from fedsim.options import BUNDLED_TEXT_MODEL, FIELD_OPTIONS, IMAGE_DATASETS, TEXT_DATASETS, is_int
 from fedsim.transport.vocabulary import DROPOUT_STAGES
-
-COHORTS = ("all", "poisson", "fixed")
-SECAGG_GRAPHS = ("full", "sparse")
-SECAGG_MODULUS_BITS = (32, 64)
-PARTITIONS = ("iid", "dirichlet")
-OPTIMIZERS = ("adamw", "sgd")
-BUNDLED_TEXT_MODEL = "all-MiniLM-L6-v2"
-TEXT_DATASETS = ("wordnet-supersenses",)
-IMAGE_DATASETS = ("digits", "fashion-mnist")
 
 
 class ConfigError(FedsimError, ValueError):
@@ -110,6 +101,9 @@ class RunConfig:
     def __post_init__(self) -> None:
         if isinstance(self.dropout_stages, (list, str)):
             object.__setattr__(self, "dropout_stages", parse_stages(self.dropout_stages))
+        for name in ("secagg_threshold", "secagg_collusion"):
+            if isinstance(getattr(self, name), str):  # from the command line: "3" or "0.5"
+                object.__setattr__(self, name, parse_count_or_fraction(name, getattr(self, name)))
         object.__setattr__(self, "dropout_schedule", parse_dropout_schedule(self.dropout_schedule))
         validate(self)
 
@@ -146,7 +140,8 @@ class RunConfig:
         return data
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        """``config.json``: every field, and the layout's ``format_version``."""
+        return json.dumps({FORMAT_VERSION_FIELD: CONFIG_FORMAT_VERSION, **self.to_dict()}, indent=2, sort_keys=True)
 
 
 def dataset_modality(name: str) -> str:
@@ -167,89 +162,25 @@ def _check(ok: bool, field_name: str, value: Any, allowed: str) -> None:
         raise ConfigError(field_name, value, allowed)
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def validate(config: RunConfig) -> None:
-    """Check every field; raise :class:`ConfigError` on the first bad one."""
+    """Check every field; raise :class:`ConfigError` on the first bad one.
+
+    Each field's own rule comes from its row in :data:`fedsim.options.FIELD_OPTIONS`;
+    the checks that relate two fields follow.
+    """
     c = config
-    _check(
-        isinstance(c.methods, tuple) and len(c.methods) > 0 and all(m in METHOD_NAMES for m in c.methods),
-        "methods", c.methods, f"a non-empty list drawn from {METHOD_NAMES}",
-    )
+    for option in FIELD_OPTIONS:
+        value = getattr(c, option.field)
+        _check(option.rule.check(value), option.field, value, option.rule.allowed)
     _check(len(set(c.methods)) == len(c.methods), "methods", c.methods, "no repeated method")
     modality = dataset_modality(c.dataset)
-    _check(isinstance(c.model, str) and c.model != "", "model", c.model, "a model name or path")
     _check(
         modality == "text" or c.model != BUNDLED_TEXT_MODEL,
         "model", c.model, "a timm model name for image datasets (e.g. vit_tiny_patch16_224, swin_tiny_patch4_window7_224)",
     )
-    _check(isinstance(c.model_kwargs, Mapping), "model_kwargs", c.model_kwargs, "a table of extra timm model arguments")
-    _check(_is_int(c.img_size) and 8 <= c.img_size <= 1024, "img_size", c.img_size, "an integer in [8, 1024]")
-    _check(_is_int(c.max_length) and 4 <= c.max_length <= 512, "max_length", c.max_length, "an integer in [4, 512]")
-    _check(c.limit is None or (_is_int(c.limit) and c.limit >= 10), "limit", c.limit, "None or an integer >= 10")
-    _check(_is_int(c.num_clients) and 1 <= c.num_clients <= 1024, "num_clients", c.num_clients, "an integer in [1, 1024]")
-    _check(c.population is None or (_is_int(c.population) and c.num_clients <= c.population <= 1_000_000), "population", c.population, f"None or an integer in [num_clients={c.num_clients}, 1000000]")
-    _check(c.cohort in COHORTS, "cohort", c.cohort, f"one of {COHORTS}")
-    _check(_is_real(c.cohort_rate) and 0 < c.cohort_rate <= 1, "cohort_rate", c.cohort_rate, "a number in (0, 1]")
-    _check(c.cohort != "fixed" or (_is_int(c.cohort_size) and 2 <= c.cohort_size <= c.population_size), "cohort_size", c.cohort_size, f"an integer in [2, population={c.population_size}] when cohort = 'fixed'")
-    _check(_is_real(c.client_noise_multiplier) and 0 <= c.client_noise_multiplier <= 1000, "client_noise_multiplier", c.client_noise_multiplier, "a number in [0, 1000] (0 disables client-level DP)")
-    _check(_is_real(c.client_clip) and 0 < c.client_clip <= 1e6, "client_clip", c.client_clip, "a number in (0, 1e6]")
-    _check(_is_int(c.rounds) and 1 <= c.rounds <= 100_000, "rounds", c.rounds, "an integer in [1, 100000]")
-    _check(_is_int(c.local_steps) and 1 <= c.local_steps <= 100_000, "local_steps", c.local_steps, "an integer in [1, 100000]")
-    _check(c.partition in PARTITIONS, "partition", c.partition, f"one of {PARTITIONS}")
-    _check(_is_real(c.dirichlet_alpha) and c.dirichlet_alpha > 0, "dirichlet_alpha", c.dirichlet_alpha, "a number > 0")
-    _check(_is_int(c.lora_rank) and 1 <= c.lora_rank <= 1024, "lora_rank", c.lora_rank, "an integer in [1, 1024]")
-    _check(_is_real(c.lora_alpha) and c.lora_alpha > 0, "lora_alpha", c.lora_alpha, "a number > 0")
-    _check(c.optimizer in OPTIMIZERS, "optimizer", c.optimizer, f"one of {OPTIMIZERS}")
-    for name in ("lr", "head_lr"):
-        value = getattr(c, name)
-        _check(_is_real(value) and 0 < value <= 10, name, value, "a number in (0, 10]")
-    _check(_is_real(c.b_lr_ratio) and 0 < c.b_lr_ratio <= 100, "b_lr_ratio", c.b_lr_ratio, "a number in (0, 100]")
-    _check(_is_real(c.smoothing) and 0 <= c.smoothing <= 100, "smoothing", c.smoothing, "a number in [0, 100] (0 disables)")
-    _check(_is_int(c.batch_size) and 1 <= c.batch_size <= 65536, "batch_size", c.batch_size, "an integer in [1, 65536]")
-    _check(_is_real(c.noise_multiplier) and 0 < c.noise_multiplier <= 1000, "noise_multiplier", c.noise_multiplier, "a number in (0, 1000]")
-    _check(c.target_epsilon is None or (_is_real(c.target_epsilon) and 0 < c.target_epsilon <= 1000), "target_epsilon", c.target_epsilon, "a number in (0, 1000] (or unset)")
-    _check(_is_real(c.max_grad_norm) and 0 < c.max_grad_norm <= 1e6, "max_grad_norm", c.max_grad_norm, "a number in (0, 1e6]")
-    _check(_is_real(c.delta) and 0 < c.delta < 1, "delta", c.delta, "a number in (0, 1)")
-    _check(_is_real(c.secagg_clip_range) and 0 < c.secagg_clip_range <= 1e4, "secagg_clip_range", c.secagg_clip_range, "a number in (0, 1e4]")
-    _check(c.secagg_modulus_bits in SECAGG_MODULUS_BITS and _is_int(c.secagg_modulus_bits), "secagg_modulus_bits", c.secagg_modulus_bits, f"one of {SECAGG_MODULUS_BITS}")
-    _check(c.secagg_graph in SECAGG_GRAPHS, "secagg_graph", c.secagg_graph, f"one of {SECAGG_GRAPHS}")
-    _check(
-        c.secagg_neighbours is None or (_is_int(c.secagg_neighbours) and c.secagg_neighbours >= 2 and c.secagg_neighbours % 2 == 0),
-        "secagg_neighbours", c.secagg_neighbours, "None (chosen for the cohort) or an even integer >= 2",
-    )
+    _check(c.population is None or (is_int(c.population) and c.num_clients <= c.population <= 1_000_000), "population", c.population, f"None or an integer in [num_clients={c.num_clients}, 1000000]")
+    _check(c.cohort != "fixed" or (is_int(c.cohort_size) and 2 <= c.cohort_size <= c.population_size), "cohort_size", c.cohort_size, f"an integer in [2, population={c.population_size}] when cohort = 'fixed'")
     _check(c.secagg_neighbours is None or c.secagg_graph == "sparse", "secagg_neighbours", c.secagg_neighbours, "None unless secagg_graph = 'sparse'")
-    _check(
-        c.secagg_threshold is None
-        or (_is_int(c.secagg_threshold) and c.secagg_threshold >= 1)
-        or (isinstance(c.secagg_threshold, float) and 0 < c.secagg_threshold <= 1),
-        "secagg_threshold", c.secagg_threshold, "None (chosen for the cohort), a count >= 1, or a fraction in (0, 1] of each neighbourhood",
-    )
-    _check(
-        (_is_int(c.secagg_collusion) and c.secagg_collusion >= 0) or (isinstance(c.secagg_collusion, float) and 0 <= c.secagg_collusion < 1),
-        "secagg_collusion", c.secagg_collusion, "a count >= 0 of clients colluding with the server, or a fraction in [0, 1) of the cohort",
-    )
-    _check(
-        _is_real(c.secagg_max_abort_probability) and 0 < c.secagg_max_abort_probability < 1,
-        "secagg_max_abort_probability", c.secagg_max_abort_probability, "a probability in (0, 1)",
-    )
-    _check(_is_real(c.secagg_timeout_s) and 0.1 <= c.secagg_timeout_s <= 86_400, "secagg_timeout_s", c.secagg_timeout_s, "seconds in [0.1, 86400]")
-    _check(isinstance(c.secagg_consistency_check, bool), "secagg_consistency_check", c.secagg_consistency_check, "true or false")
-    _check(_is_real(c.dropout_rate) and 0 <= c.dropout_rate < 1, "dropout_rate", c.dropout_rate, "a probability in [0, 1) per stage")
-    _check(
-        len(c.dropout_stages) > 0 and all(s in DROPOUT_STAGES for s in c.dropout_stages) and len(set(c.dropout_stages)) == len(c.dropout_stages),
-        "dropout_stages", c.dropout_stages, f"a non-empty list of distinct stages from {DROPOUT_STAGES}",
-    )
-    _check(_is_int(c.seed) and 0 <= c.seed < 2**63, "seed", c.seed, "an integer in [0, 2^63)")
-    _check(_is_int(c.eval_every) and c.eval_every >= 1, "eval_every", c.eval_every, "an integer >= 1")
-    _check(_is_int(c.threads_per_process) and 1 <= c.threads_per_process <= 256, "threads_per_process", c.threads_per_process, "an integer in [1, 256]")
-    _check(_is_real(c.timeout_s) and 10 <= c.timeout_s <= 86_400, "timeout_s", c.timeout_s, "seconds in [10, 86400]")
 
 
 FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(RunConfig))
@@ -294,10 +225,10 @@ def parse_dropout_schedule(value: Any) -> dict[int, dict[str, tuple[int, ...]]]:
     schedule: dict[int, dict[str, tuple[int, ...]]] = {}
     for round_key, stages in value.items():
         round_idx = int(round_key) if isinstance(round_key, str) and round_key.isdigit() else round_key
-        _check(_is_int(round_idx) and round_idx >= 1 and isinstance(stages, Mapping), "dropout_schedule", {round_key: stages}, allowed)
+        _check(is_int(round_idx) and round_idx >= 1 and isinstance(stages, Mapping), "dropout_schedule", {round_key: stages}, allowed)
         schedule[round_idx] = {}
         for stage, ids in stages.items():
-            ok = stage in DROPOUT_STAGES and isinstance(ids, (list, tuple)) and all(_is_int(i) and i >= 1 for i in ids)
+            ok = stage in DROPOUT_STAGES and isinstance(ids, (list, tuple)) and all(is_int(i) and i >= 1 for i in ids)
             _check(ok, "dropout_schedule", {round_key: {stage: ids}}, allowed)
             schedule[round_idx][stage] = tuple(sorted(set(ids)))
     return schedule
@@ -342,5 +273,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 def config_from_json(text: str) -> RunConfig:
     """Inverse of :meth:`RunConfig.to_json` (used to ship the config to ranks and re-read runs)."""
     data = json.loads(text)
+    version = data.pop(FORMAT_VERSION_FIELD, CONFIG_FORMAT_VERSION)  # absent: written before versions
+    if version != CONFIG_FORMAT_VERSION or isinstance(version, bool):
+        raise ConfigError(FORMAT_VERSION_FIELD, version, f"{CONFIG_FORMAT_VERSION} (a config.json this fedsim can read)")
     data["methods"] = tuple(data["methods"])
     return RunConfig(**data)

@@ -9,6 +9,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol
 
+from fedsim.rundir import METRICS_FORMAT_VERSION, SUMMARY_FORMAT_VERSION
+
 
 @dataclass(frozen=True)
 class RoundMetrics:
@@ -16,7 +18,7 @@ class RoundMetrics:
 
     ``clients``: clients that trained and reported (each has a ledger record this round);
     ``survivors``: clients whose update is in the applied mean (0 when ``aborted``);
-    ``dropped``: per stage ("LocalTraining" or a protocol stage), the clients lost there;
+    ``dropped``: per protocol stage, the clients lost there;
     ``aborted``: the secure sum did not complete, the global model is unchanged, and
     ``abort_reason`` says why. ``train_seconds``: the server's wait for local training
     (the clients' reports); ``eval_seconds``: evaluation; the rest of ``seconds`` is
@@ -38,6 +40,7 @@ class RoundMetrics:
     dropped: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     aborted: bool = False
     abort_reason: str | None = None
+    format_version: int = METRICS_FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -68,6 +71,7 @@ class MethodSummary:
     seconds: float
     aborted_rounds: int = 0
     dropped_processes: Mapping[int, str] = field(default_factory=dict)
+    format_version: int = SUMMARY_FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

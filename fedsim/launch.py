@@ -20,6 +20,7 @@ import socket
 from pathlib import Path
 
 from fedsim.config import RunConfig, config_from_json
+from fedsim.errors import FedsimError
 from fedsim.events import MethodSummary, Observer
 from fedsim.job import run_rank
 from fedsim.transport.world import init_from_torchrun, init_world, shutdown
@@ -27,7 +28,7 @@ from fedsim.transport.world import init_from_torchrun, init_world, shutdown
 logger = logging.getLogger(__name__)
 
 
-class LaunchError(RuntimeError):
+class LaunchError(FedsimError, RuntimeError):
     """A rank failed; the message says which and how."""
 
 

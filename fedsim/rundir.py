@@ -2,6 +2,12 @@
 
 A single-method run keeps its files at the top; a comparison gets one folder per method.
 Imports nothing heavy, so readers of finished runs stay fast.
+
+Persisted formats carry an integer ``format_version``: every ``metrics.jsonl`` row, the
+``summary.json`` and ``config.json`` objects (and every ledger line, in :mod:`accounting`).
+Stability rule: within a version, a field's name and meaning never change and fields are
+never removed; a reader refuses a version it does not know rather than guess. Adding a
+field that old readers may ignore keeps the version; any other change bumps it.
 """
 
 from __future__ import annotations
@@ -15,6 +21,14 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 ADAPTER_DIR = "adapter"
 PLOT_FILE = "curves.png"
+
+FORMAT_VERSION_FIELD = "format_version"
+METRICS_FORMAT_VERSION = 1
+"""Layout of one ``metrics.jsonl`` row (:class:`fedsim.events.RoundMetrics`)."""
+SUMMARY_FORMAT_VERSION = 1
+"""Layout of ``summary.json`` (:class:`fedsim.events.MethodSummary`)."""
+CONFIG_FORMAT_VERSION = 1
+"""Layout of ``config.json`` (:meth:`fedsim.config.RunConfig.to_json`)."""
 
 
 def method_run_dir(run_dir: Path, methods: Sequence[str], method: str) -> Path:

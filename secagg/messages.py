@@ -25,14 +25,7 @@ from secagg.channel import CIPHERTEXT_BYTES
 from secagg.consistency import SIGNATURE_BYTES, VERIFY_KEY_BYTES
 from secagg.shamir import SHARE_BYTES
 from secagg.stages import (
-    ABORTED,
-    ADVERTISE_KEYS,
-    CONSISTENCY_CHECK,
-    DONE,
-    MASKED_INPUT_COLLECTION,
-    SHARE_KEYS,
     STAGES,
-    UNMASKING,
 )
 
 __all__ = [

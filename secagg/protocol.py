@@ -36,14 +36,7 @@ from secagg.messages import ProtocolError
 from secagg.params import ProtocolParams
 from secagg.server import ServerRound
 from secagg.stages import (
-    ABORTED,
-    ADVERTISE_KEYS,
-    CONSISTENCY_CHECK,
-    DONE,
-    MASKED_INPUT_COLLECTION,
-    SHARE_KEYS,
     STAGES,
-    UNMASKING,
 )
 
 __all__ = [

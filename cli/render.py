@@ -1,0 +1,174 @@
+"""What the CLI shows: progress, tables, warnings and errors (the library never prints).
+
+Errors go to stderr as one ``error: …`` line; :func:`report_error` turns any exception a
+command raised into that line and an exit code (a :class:`~fedsim.errors.FedsimError` says
+its own: 2 bad input, 1 the run failed; anything else is an internal error, 1), with the
+traceback only under ``fedsim --debug``.
+"""
+
+from __future__ import annotations
+
+import math
+import traceback
+from typing import Any, NoReturn, Optional, Sequence
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fedsim.errors import BAD_INPUT, RUN_FAILED, FedsimError
+
+err = Console(stderr=True, soft_wrap=True)
+"""stderr: progress, warnings, errors (stdout keeps what a script reads: tables, JSON)."""
+
+
+def fail(message: str, code: int = BAD_INPUT) -> NoReturn:
+    """Print ``error: message`` (markup escaped) on stderr and exit with ``code``."""
+    err.print(f"[bold red]error:[/] {escape(message)}")
+    raise typer.Exit(code)
+
+
+def invalid(option: str, value: Any, expected: str) -> NoReturn:
+    """Exit 2 naming the option, the value and what is expected."""
+    fail(f"{option}={value!r} is invalid: expected {expected}")
+
+
+def report_error(exc: BaseException, debug: bool) -> int:
+    """Show an exception a command raised; the exit code it means."""
+    if debug:
+        err.print(escape("".join(traceback.format_exception(exc))), end="")
+    if isinstance(exc, FedsimError):
+        err.print(f"[bold red]error:[/] {escape(str(exc))}")
+        return exc.exit_code
+    hint = "" if debug else " (run `fedsim --debug ...` for the traceback)"
+    err.print(f"[bold red]error:[/] internal error: {escape(type(exc).__name__)}: {escape(str(exc))}{hint}")
+    return RUN_FAILED
+
+
+# ------------------------------------------------------------------------------ fedsim run
+
+
+class ProgressObserver:
+    """Renders one progress bar per method and a line per evaluated round."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.tasks: dict[str, int] = {}
+
+    def method_started(self, method: str, rounds: int, ledger_fingerprint: str) -> None:
+        self.progress.console.print(
+            f"{method}: ledger key fingerprint {ledger_fingerprint} "
+            f"(pin it: fedsim budget verify RUN_DIR --fingerprint {ledger_fingerprint})"
+        )
+        self.tasks[method] = self.progress.add_task(f"{method}", total=rounds, status="")
+
+    def round_finished(self, metrics) -> None:
+        status = f"ε={metrics.epsilon:.3f}"
+        if metrics.accuracy is not None:
+            status = f"acc={metrics.accuracy:.3f} loss={metrics.loss:.3f} " + status
+        self.progress.update(self.tasks[metrics.method], advance=1, status=status)
+
+    def method_finished(self, summary) -> None:
+        self.progress.update(self.tasks[summary.method], status=f"acc={summary.accuracy:.3f} ε={summary.epsilon:.3f} done")
+
+
+def make_progress(enabled: bool) -> Progress:
+    """A rich progress display on stderr (disabled on non-server ranks)."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("rounds"),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=err,
+        disable=not enabled,
+    )
+
+
+def summary_table(summaries, delta: float) -> Table:
+    """The closing table: accuracy, loss, ε (upper, the guarantee) at δ, per method."""
+    table = Table(title=f"fedsim: accuracy and privacy (ε upper bound at δ={delta:g})")
+    for column in ("method", "rounds", "untrained acc", "final acc", "loss", "ε (upper)", "accountant", "ε RDP", "client-level ε", "time"):
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for s in summaries:
+        table.add_row(
+            s.method,
+            str(s.rounds),
+            f"{s.initial_accuracy:.3f}",
+            f"{s.accuracy:.3f}",
+            f"{s.loss:.3f}",
+            f"{s.epsilon:.3f}",
+            s.epsilon_method,
+            f"{s.epsilon_rdp:.3f}",
+            "–" if s.client_level_epsilon is None else f"{s.client_level_epsilon:.3f}",
+            f"{s.seconds:.0f}s",
+        )
+    return table
+
+
+def warn_about_faults(summaries) -> None:
+    """Name the client processes dropped during the run and count aborted rounds."""
+    dropped = summaries[-1].dropped_processes if summaries else {}
+    for rank, reason in sorted(dropped.items()):
+        err.print(f"[bold yellow]warning:[/] client process rank {rank} was dropped: {escape(reason)}")
+    for s in summaries:
+        if s.aborted_rounds:
+            err.print(
+                f"[bold yellow]warning:[/] {s.method}: {s.aborted_rounds} of {s.rounds} rounds aborted "
+                f"(global model unchanged; see aborted/abort_reason in {escape(s.run_dir)}/metrics.jsonl)"
+            )
+
+
+# --------------------------------------------------------------------------- fedsim budget
+
+
+def client_label(client: Optional[int]) -> str:
+    return "all (client-level)" if client is None else str(client)
+
+
+def fmt(value: float) -> str:
+    return f"{value:.4f}" if math.isfinite(value) else str(value)
+
+
+def budget_table(method: str, snapshot, rows: Sequence[dict[str, Any]]) -> Table:
+    """One method's budgets as a rich table."""
+    title = f"{escape(method)}: ε at δ={snapshot.delta:g} after round {snapshot.round} (ε upper is the guarantee)"
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
+    for column in ("client", "rounds", "steps", "ε upper", "estimate", "lower", "method", "RDP ε", "RDP/PRV"):
+        table.add_column(column, justify="left" if column in ("client", "method") else "right", no_wrap=True)
+    for r in rows:
+        table.add_row(
+            client_label(r["client"]), str(r["rounds"]), str(r["steps"]), fmt(r["epsilon_upper"]),
+            fmt(r["epsilon_estimate"]), fmt(r["epsilon_lower"]), r["accountant"], fmt(r["epsilon_rdp"]),
+            f"{r['rdp_over_prv']:.3f}x",
+        )
+    return table
+
+
+def worst_line(snapshot) -> str:
+    """The worst client and the quantiles of ε over clients, in one line."""
+    worst = snapshot.worst()
+    if worst is None:
+        return "no sample-level records"
+    q = snapshot.quantiles()
+    return (
+        f"worst client {worst.client}: ε ≤ {fmt(worst.prv.upper)} ({worst.prv.method}), RDP {fmt(worst.rdp)} "
+        f"({worst.rdp_over_prv:.3f}x)   ε upper over {len(snapshot.clients)} clients: "
+        f"min {fmt(q[0.0])} · median {fmt(q[0.5])} · p90 {fmt(q[0.9])} · max {fmt(q[1.0])}"
+    )
+
+
+def plan_table(curve: Sequence) -> Table:
+    """A planned schedule's ε after each round (about ten rows, first and last always)."""
+    table = Table(title="ε after each round (PRV upper bound)", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
+    for column in ("round", "steps", "ε upper", "ε estimate", "ε RDP"):
+        table.add_column(column, justify="right")
+    stride = max(1, math.ceil(len(curve) / 10))
+    for point in curve:
+        if point.round % stride == 0 or point.round in (1, len(curve)):
+            table.add_row(str(point.round), str(point.steps), fmt(point.prv.upper), fmt(point.prv.estimate), fmt(point.rdp))
+    return table

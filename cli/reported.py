@@ -1,0 +1,110 @@
+"""The figures a run reported beside its ledger, checked against the ledger alone.
+
+``fedsim budget verify`` recomputes every ε from the ledger's records and compares it with
+what ``metrics.jsonl`` and ``summary.json`` say; each difference is one problem line naming
+the file, the line or round, the reported and the recomputed figure.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Sequence
+
+from cli.render import client_label
+from fedsim.rundir import (
+    FORMAT_VERSION_FIELD,
+    LEDGER_FILE,
+    METRICS_FILE,
+    METRICS_FORMAT_VERSION,
+    SUMMARY_FILE,
+    SUMMARY_FORMAT_VERSION,
+)
+
+#: Relative tolerance when comparing a reported ε with the recomputed one: the two are
+#: computed by the same deterministic code, so they agree to the last bit on one machine.
+REPORT_RTOL = 1e-9
+
+
+def compare_reported(folder: Path, records: Sequence) -> list[str]:
+    """Differences between the ε the run reported beside the ledger and the ledger's own."""
+    from accounting import budget_history
+
+    deltas = sorted({r.delta for r in records})
+    if len(deltas) > 1:
+        return [f"{LEDGER_FILE}: records carry different δ {deltas}; a run has one target δ"]
+    history = {s.round: s for s in budget_history(records, deltas[0])}
+    problems = []
+    metrics_path = folder / METRICS_FILE
+    reported_rounds = set()
+    if metrics_path.is_file():
+        for number, line in enumerate(metrics_path.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            where = f"{METRICS_FILE} line {number}"
+            try:
+                row = json.loads(line)
+                missing = {"round", "epsilon"} - set(row)
+                if missing:
+                    raise KeyError(f"missing {sorted(missing)}")
+                check_format_version(row, METRICS_FORMAT_VERSION)
+                round_ = row["round"]
+            except (ValueError, KeyError, TypeError) as exc:
+                problems.append(f"{where}: unreadable ({exc})")
+                continue
+            reported_rounds.add(round_)
+            # A round in which no client reported adds no record: the budgets stand as before it.
+            earlier = [r for r in history if isinstance(round_, int) and r <= round_]
+            if not earlier:
+                if row.get("epsilon") != 0.0:
+                    problems.append(f"{where}: round {round_} reports epsilon={row.get('epsilon')!r} before any ledger record")
+                continue
+            problems += compare_figures(where, f"round {round_}", row, history[max(earlier)])
+        for round_ in sorted(set(history) - reported_rounds):
+            problems.append(f"{METRICS_FILE}: no row for round {round_}, which the ledger holds")
+    else:
+        problems.append(f"{METRICS_FILE} is missing beside the ledger: the run's figures cannot be checked")
+    summary_path = folder / SUMMARY_FILE
+    if summary_path.is_file():
+        try:
+            summary = json.loads(summary_path.read_text())
+            check_format_version(summary, SUMMARY_FORMAT_VERSION)
+            final = history[max(history)]
+            problems += compare_figures(SUMMARY_FILE, f"final round {final.round}", summary, final)
+            worst = final.worst()
+            if worst is not None and summary.get("epsilon_method", worst.prv.method) != worst.prv.method:
+                problems.append(
+                    f"{SUMMARY_FILE}: epsilon_method={summary['epsilon_method']!r}, "
+                    f"but the ledger's figure comes from {worst.prv.method!r}"
+                )
+        except (ValueError, KeyError, TypeError) as exc:
+            problems.append(f"{SUMMARY_FILE}: unreadable ({exc})")
+    return problems
+
+
+def compare_figures(where: str, what: str, reported: dict, snapshot) -> list[str]:
+    """``epsilon`` (worst client's PRV upper), ``epsilon_rdp`` (its RDP, if reported) and ``delta``."""
+    worst = snapshot.worst() or snapshot.population
+    if worst is None:
+        return []
+    problems = []
+    if "delta" in reported and reported["delta"] != snapshot.delta:
+        problems.append(f"{where} ({what}): reported δ={reported['delta']!r}, the ledger's δ is {snapshot.delta!r}")
+    for key, recomputed in (("epsilon", worst.prv.upper), ("epsilon_rdp", worst.rdp)):
+        if key not in reported:
+            continue
+        value = reported[key]
+        if not isinstance(value, (int, float)) or not math.isclose(value, recomputed, rel_tol=REPORT_RTOL, abs_tol=1e-12):
+            problems.append(
+                f"{where} ({what}): reported {key}={value!r}, but the ledger gives {recomputed!r} "
+                f"(client {client_label(worst.client)}, δ={snapshot.delta:g})"
+            )
+    return problems
+
+
+def check_format_version(data: dict, known: int) -> None:
+    """Refuse a row written in a layout this fedsim does not know (absent: written before versions)."""
+    version = data.get(FORMAT_VERSION_FIELD, known)
+    if version != known or isinstance(version, bool):
+        raise ValueError(f"{FORMAT_VERSION_FIELD}={version!r}, this fedsim reads {known}: written by a newer fedsim?")

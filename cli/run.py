@@ -1,0 +1,146 @@
+"""``fedsim run``: its options generated from the options table, and the job starter it shares.
+
+Every :class:`~fedsim.config.RunConfig` field with help in :data:`fedsim.options.FIELD_OPTIONS`
+becomes one option of ``fedsim run`` (its names, help, default from ``RunConfig`` and its
+allowed values), so a new field needs no edit here. The few options that are not fields
+(``--config``, ``--drop``, ``--verbose``) are declared below. :func:`start_job` writes the
+config, launches the world and renders progress, for ``run`` and ``compare`` alike.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.markup import escape
+
+from fedsim.config import RunConfig
+from fedsim.errors import RUN_FAILED, FedsimError
+from fedsim.events import MethodSummary
+from fedsim.options import ANY, FIELD_OPTIONS, FieldOption
+from fedsim.rundir import CONFIG_FILE
+from cli.plots import plot_run
+from cli.render import err, fail, make_progress, summary_table, warn_about_faults, ProgressObserver
+
+DEFAULTS = RunConfig()
+
+RUN_HELP = """Run a federated DP-LoRA job (or compare methods) and print accuracy and ε per method.
+
+Without torchrun this spawns a local world: rank 0 = server, one process per client.
+Under `torchrun --nproc-per-node=W -m fedsim run ...` each process is one rank.
+With no options it runs the bundled default job (LA-LoRA, MiniLM, WordNet glosses).
+
+Examples:
+
+  fedsim run --method la-lora,dp-lora,ffa-lora --rounds 10
+
+  fedsim run --dataset digits --model vit_tiny_patch16_224 --random-init --img-size 32
+
+  torchrun --nproc-per-node=5 -m fedsim run --config job.toml
+
+Outputs go to --run-dir; `fedsim budget show RUN_DIR` re-derives every ε from its ledger.
+"""
+
+
+def default_text(field_name: str) -> str:
+    """A field's default as ``--help`` shows it (lists comma-separated)."""
+    value = getattr(DEFAULTS, field_name)
+    return ",".join(value) if isinstance(value, tuple) else str(value)
+
+
+def option_help(option: FieldOption) -> str:
+    """The row's help, then "(default: …)" where the row shows it, then its allowed values."""
+    text = option.help + (f" (default: {default_text(option.field)})" if option.show_default else "")
+    if option.rule is ANY or option.cli_type is bool:
+        return text
+    return f"{text} Allowed: {escape(option.rule.allowed)}."
+
+
+def _option(name: str, annotation: Any, *flags: str, help: str) -> inspect.Parameter:
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=typer.Option(None, *flags, help=help)
+    )
+
+
+def run_parameters() -> list[inspect.Parameter]:
+    """The signature of ``fedsim run``: ``--config``, one option per table row with help, ``--drop``, ``--verbose``."""
+    params = [_option("config_file", Optional[Path], "--config", "-c", help="TOML file whose top-level keys are run options (underscored names); options given here override it.")]
+    for option in FIELD_OPTIONS:
+        if option.help:
+            params.append(_option(option.field, Optional[option.cli_type], *option.flags, help=option_help(option)))
+        if option.field == "dropout_stages":
+            params.append(_option("drop", Optional[list[str]], "--drop", help="Inject one dropout exactly: ROUND:STAGE:CLIENT[,CLIENT...], e.g. 2:MaskedInputCollection:3. Repeatable; adds to dropout_schedule of --config."))
+    params.append(inspect.Parameter(
+        "verbose", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+        default=typer.Option(False, "--verbose", "-v", help="Log protocol details."),
+    ))
+    return params
+
+
+def run_command(*, config_file: Optional[Path], drop: Optional[list[str]], verbose: bool, **fields: Any) -> None:
+    from fedsim.config import ConfigError, build_config, load_config_file, parse_drops
+    from fedsim.launch import configure_process_logging
+    from fedsim.preflight import preflight
+    from fedsim.transport.world import torchrun_world_size, under_torchrun
+
+    torchrun = under_torchrun()
+    rank = int(os.environ["RANK"]) if torchrun else None
+    configure_process_logging(logging.DEBUG if verbose else logging.WARNING, rank)
+    file_values = load_config_file(config_file) if config_file else {}
+    if torchrun:
+        world_clients = torchrun_world_size() - 1
+        if fields["num_clients"] is not None and fields["num_clients"] != world_clients:
+            raise ConfigError("clients", fields["num_clients"], f"WORLD_SIZE - 1 = {world_clients} under torchrun")
+        fields["num_clients"] = world_clients
+    if drop:
+        fields["dropout_schedule"] = parse_drops(drop, file_values.get("dropout_schedule", {}))
+    if fields["run_dir"] is not None:
+        fields["run_dir"] = str(fields["run_dir"])
+    try:
+        config = preflight(build_config(file_values, **fields))
+    except TypeError as exc:  # a value of a type no rule expected
+        fail(str(exc))
+    if config.target_epsilon is not None:
+        err.print(f"calibrated: σ = {config.noise_multiplier:.4f} gives ε ≤ {config.target_epsilon:g} at δ = {config.delta:g} (PRV upper bound)")
+    is_server = rank in (None, 0)
+    out = Path(config.run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{'+'.join(config.methods)}")
+    summaries = start_job(config, out, torchrun=torchrun, is_server=is_server)
+    if is_server:
+        warn_about_faults(summaries)
+        err.print(summary_table(summaries, config.delta))
+        err.print(f"curves: {plot_run(out, summaries)}   budget: fedsim budget show {out}")
+        typer.echo(json.dumps({"run_dir": str(out), "results": [s.to_dict() for s in summaries]}))
+
+
+run_command.__signature__ = inspect.Signature(run_parameters())  # what typer reads
+run_command.__doc__ = RUN_HELP
+
+
+def start_job(config: RunConfig, out: Path, *, torchrun: bool = False, is_server: bool = True) -> list[MethodSummary]:
+    """Write ``config.json`` to a new ``out`` (server only), run the job with progress, return the summaries.
+
+    A failure of the run exits 1 with its message (:class:`~fedsim.errors.FedsimError`s
+    propagate to the CLI's error handler, which shows them the same way).
+    """
+    from fedsim.launch import launch_local, launch_torchrun
+
+    if is_server:
+        if out.exists() and any(out.iterdir()):
+            fail(f"run_dir={str(out)!r} is invalid: expected a new or empty directory")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / CONFIG_FILE).write_text(config.to_json())
+    try:
+        with make_progress(enabled=is_server) as progress:
+            observer = ProgressObserver(progress) if is_server else None
+            launch = launch_torchrun if torchrun else launch_local
+            return launch(config, out, observer)
+    except FedsimError:
+        raise
+    except (RuntimeError, ValueError) as exc:
+        fail(str(exc), code=RUN_FAILED)
