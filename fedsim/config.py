@@ -18,7 +18,9 @@ from typing import Any, Mapping, Sequence
 from fedsim.errors import BAD_INPUT, FedsimError
 from fedsim.rundir import CONFIG_FORMAT_VERSION, FORMAT_VERSION_FIELD
 from fedsim.options import BUNDLED_TEXT_MODEL, FIELD_OPTIONS, IMAGE_DATASETS, TEXT_DATASETS, is_int
+from fedsim.methods.registry import DEFAULT_METHOD
 from fedsim.transport.vocabulary import DROPOUT_STAGES
+from secagg.stages import CONSISTENCY_CHECK
 
 
 class ConfigError(FedsimError, ValueError):
@@ -38,7 +40,7 @@ class RunConfig:
     """A federated DP-LoRA job. Defaults are the bundled default job (text, MiniLM)."""
 
     # What to train.
-    methods: tuple[str, ...] = ("la-lora",)
+    methods: tuple[str, ...] = (DEFAULT_METHOD,)
     dataset: str = "wordnet-supersenses"
     model: str = "all-MiniLM-L6-v2"
     pretrained: bool = True
@@ -126,7 +128,7 @@ class RunConfig:
     def secagg_dropout_probability(self) -> float:
         """Probability that a client drops somewhere in a round at the injected per-stage rate
         (over the stages the run has: ConsistencyCheck only when it is on)."""
-        stages = [s for s in self.dropout_stages if s != "ConsistencyCheck" or self.secagg_consistency_check]
+        stages = [s for s in self.dropout_stages if s != CONSISTENCY_CHECK or self.secagg_consistency_check]
         return 1.0 - (1.0 - self.dropout_rate) ** len(stages)
 
     def to_dict(self) -> dict[str, Any]:

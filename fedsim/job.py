@@ -7,6 +7,7 @@ launcher (:mod:`fedsim.launch`) calls :func:`run_rank` in every process it start
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -14,6 +15,7 @@ import torch
 from fedsim.client.loop import participate_run
 from fedsim.config import RunConfig
 from fedsim.events import MethodSummary, Observer
+from fedsim.server.callbacks import RoundCallback
 from fedsim.server.loop import serve_run
 from fedsim.task import load_task
 from fedsim.transport.world import World
@@ -21,17 +23,24 @@ from fedsim.transport.world import World
 __all__ = ["run_rank"]
 
 
-def run_rank(config: RunConfig, world: World, observer: Observer | None = None, run_dir: Path | None = None) -> list[MethodSummary]:
+def run_rank(
+    config: RunConfig,
+    world: World,
+    observer: Observer | None = None,
+    run_dir: Path | None = None,
+    callbacks: Sequence[RoundCallback] = (),
+) -> list[MethodSummary]:
     """Run every method of ``config`` on this rank; the server returns the summaries.
 
-    Only the server uses ``run_dir`` and ``observer``. A client process that the server
-    drops returns normally (it logs why).
+    Only the server uses ``run_dir``, ``observer`` and ``callbacks`` (extra
+    :class:`~fedsim.server.callbacks.RoundCallback` s after the default ones). A client
+    process that the server drops returns normally (it logs why).
     """
     torch.set_num_threads(config.threads_per_process)
     task = load_task(config)
     if world.is_server:
         if run_dir is None:
             raise ValueError("run_rank: the server needs a run directory")
-        return serve_run(config, world, task, run_dir, observer)
+        return serve_run(config, world, task, run_dir, observer, callbacks)
     participate_run(config, world, task)
     return []

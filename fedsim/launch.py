@@ -7,7 +7,7 @@ process reads RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* and runs the same code, so sin
 multi-node launches need nothing else.
 
 A client process that dies mid-run is the server's business (it drops it and goes on,
-:mod:`fedsim.job`): the local launcher reports it as a warning when the server finished.
+:mod:`fedsim.server.loop`): the local launcher reports it as a warning when the server finished.
 Under torchrun the elastic agent stops every worker as soon as one exits non-zero, so
 there a dead client ends the run; processes the server drops while alive leave with 0.
 """
@@ -17,12 +17,14 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 
 from fedsim.config import RunConfig, config_from_json
 from fedsim.errors import FedsimError
 from fedsim.events import MethodSummary, Observer
 from fedsim.job import run_rank
+from fedsim.server.callbacks import RoundCallback
 from fedsim.transport.world import init_from_torchrun, init_world, shutdown
 
 logger = logging.getLogger(__name__)
@@ -74,8 +76,13 @@ def client_process_context() -> mp.context.BaseContext:
     return context
 
 
-def launch_local(config: RunConfig, run_dir: Path, observer: Observer | None = None) -> list[MethodSummary]:
-    """Run ``config`` in a local world of 1 server + ``num_clients`` client processes."""
+def launch_local(
+    config: RunConfig, run_dir: Path, observer: Observer | None = None, callbacks: Sequence[RoundCallback] = ()
+) -> list[MethodSummary]:
+    """Run ``config`` in a local world of 1 server + ``num_clients`` client processes.
+
+    This process is the server: ``observer`` and ``callbacks`` run here (nothing is pickled).
+    """
     init_method = f"tcp://127.0.0.1:{free_port()}"
     context = client_process_context()
     log_level = logging.getLogger().getEffectiveLevel()
@@ -93,7 +100,7 @@ def launch_local(config: RunConfig, run_dir: Path, observer: Observer | None = N
     try:
         world = init_world(rank=0, world_size=config.world_size, local_rank=0, init_method=init_method, timeout_s=config.timeout_s)
         try:
-            summaries = run_rank(config, world, observer, run_dir)
+            summaries = run_rank(config, world, observer, run_dir, callbacks)
         finally:
             shutdown()
     except Exception as exc:
@@ -130,13 +137,15 @@ def _reap(processes: list, timeout_s: float, dropped: set[int]) -> str:
     return "; ".join(problems)
 
 
-def launch_torchrun(config: RunConfig, run_dir: Path, observer: Observer | None = None) -> list[MethodSummary]:
+def launch_torchrun(
+    config: RunConfig, run_dir: Path, observer: Observer | None = None, callbacks: Sequence[RoundCallback] = ()
+) -> list[MethodSummary]:
     """Run this process's rank of a torchrun world; rank 0 returns the summaries.
 
-    Only the server uses ``run_dir`` and ``observer`` (the CLI gives clients no observer).
+    Only the server uses ``run_dir``, ``observer`` and ``callbacks`` (the CLI gives clients no observer).
     """
     world = init_from_torchrun(config.timeout_s)
     try:
-        return run_rank(config, world, observer, run_dir)
+        return run_rank(config, world, observer, run_dir, callbacks)
     finally:
         shutdown()

@@ -11,7 +11,8 @@ import dataclasses
 
 from accounting import CalibrationError, Schedule, calibrate_schedule
 from fedsim.config import ConfigError, RunConfig
-from fedsim.data.loaders import load_dataset, partition
+from fedsim.data.loaders import load_dataset
+from fedsim.data.partition import partition
 from fedsim.population import cohort_sampling
 from fedsim.secure_sum.config import secure_sum_config
 

@@ -114,6 +114,9 @@ METHOD_TABLE: dict[str, Method] = {
 METHOD_NAMES: tuple[str, ...] = tuple(METHOD_TABLE)
 """Method names in the order ``--help`` and ``fedsim compare`` list them."""
 
+DEFAULT_METHOD = METHOD_NAMES[0]
+"""The bundled default job's method (LA-LoRA)."""
+
 
 def get_method(name: str) -> Method:
     """Look a method up by name; a clear error lists the known ones."""

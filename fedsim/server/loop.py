@@ -29,6 +29,7 @@ on a dropped process: there is no collective after start-up.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -75,10 +76,16 @@ def default_callbacks(config: RunConfig, observer: Observer | None) -> list[Roun
 
 
 def serve_run(
-    config: RunConfig, world: World, task: Task, run_dir: Path, observer: Observer | None = None
+    config: RunConfig,
+    world: World,
+    task: Task,
+    run_dir: Path,
+    observer: Observer | None = None,
+    callbacks: Sequence[RoundCallback] = (),
 ) -> list[MethodSummary]:
     """The server rank: every method of ``config`` in turn, then FINISH to the live client processes.
 
+    ``callbacks`` run after the default ones (:func:`default_callbacks`), for every method.
     Whatever happens, the relay is closed with bounded waits only.
     """
     relay = ServerRelay(world.relay_group, range(1, world.world_size), max_body_bytes=1 << 20)
@@ -86,7 +93,7 @@ def serve_run(
     try:
         for method_name in config.methods:
             server = MethodServer(config, world, task, relay, method_name, method_run_dir(run_dir, config.methods, method_name))
-            summaries.append(server.serve(default_callbacks(config, observer)))
+            summaries.append(server.serve([*default_callbacks(config, observer), *callbacks]))
     except BaseException as exc:
         relay.close(f"the server stopped the run: {exc}", timeout_s=10.0)
         raise
@@ -163,15 +170,15 @@ class MethodServer:
         fields = {}
         for callback in callbacks:
             fields.update(callback.method_ended(run))
-        summary = MethodSummary(
-            method=run.method.name,
-            rounds=config.rounds,
-            run_dir=str(run.out),
-            seconds=time.perf_counter() - started,
-            aborted_rounds=aborted_rounds,
-            dropped_processes=dict(self.relay.dropped),
-            **fields,
-        )
+        measured = {
+            "method": run.method.name,
+            "rounds": config.rounds,
+            "run_dir": str(run.out),
+            "seconds": time.perf_counter() - started,
+            "aborted_rounds": aborted_rounds,
+            "dropped_processes": dict(self.relay.dropped),
+        }
+        summary = record(MethodSummary, measured, fields)
         for callback in callbacks:
             callback.summary_recorded(run, summary)
         return summary
@@ -219,20 +226,28 @@ class MethodServer:
 
 
 def round_metrics(run: MethodRun, result: RoundResult, fields: Mapping[str, Any], seconds: float) -> RoundMetrics:
-    """The round's metrics row: what the loop measured plus the callbacks' fields."""
+    """The round's metrics row: what the loop measured, then the callbacks' fields."""
     outcome = result.outcome
-    return RoundMetrics(
-        method=run.method.name,
-        round=result.round,
-        clients=result.clients,
-        seconds=seconds,
-        train_seconds=result.train_seconds,
-        survivors=len(outcome.survivors),
-        dropped=dict(outcome.dropped),
-        aborted=outcome.aborted,
-        abort_reason=outcome.abort_reason,
-        **fields,
-    )
+    measured = {
+        "method": run.method.name,
+        "round": result.round,
+        "clients": result.clients,
+        "seconds": seconds,
+        "train_seconds": result.train_seconds,
+        "survivors": len(outcome.survivors),
+        "dropped": dict(outcome.dropped),
+        "aborted": outcome.aborted,
+        "abort_reason": outcome.abort_reason,
+    }
+    return record(RoundMetrics, measured, fields)
+
+
+def record(kind: type, measured: Mapping[str, Any], fields: Mapping[str, Any]):
+    """A ``kind`` (RoundMetrics or MethodSummary) of the loop's figures, overridden by the callbacks' fields."""
+    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(kind)})
+    if unknown:
+        raise TypeError(f"callbacks returned {unknown}, which {kind.__name__} has no field for")
+    return kind(**{**measured, **fields})
 
 
 def require_enough_clients(secagg: SecureSumConfig, hosts: Mapping[int, Sequence[int]], relay: ServerRelay, round_idx: int) -> None:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fedsim.client.trainer import OptimSettings
-from tests.tiny_lora import snapshot, tiny_client, train
+from tests.support.tiny_lora import snapshot, tiny_client, train
 
 
 @pytest.mark.parametrize("method", ["la-lora", "ffa-lora", "dp-lora"])

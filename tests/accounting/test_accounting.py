@@ -379,7 +379,7 @@ def test_ledger_round_trip_with_sequence_numbers_and_hash_chain(tmp_path: Path) 
     lines = path.read_text().splitlines()
     assert len(lines) == len(written)
     first, second = json.loads(lines[0]), json.loads(lines[1])
-    assert list(first) == sorted(first) == ["client", "delta", "mechanism", "prev", "round", "seq"]
+    assert list(first) == sorted(first) == ["client", "delta", "format_version", "mechanism", "prev", "round", "seq"]
     assert first["mechanism"]["name"] == "poisson_subsampled_gaussian"
     assert (first["seq"], second["seq"]) == (1, 2)
     assert first["prev"] == "0" * 64
@@ -581,7 +581,7 @@ def test_epsilon_bound_validation_and_round_trip() -> None:
 
 
 def test_accounting_imports_no_torch_or_sibling_packages() -> None:
-    from tests.isolation import loaded_modules_after_import
+    from tests.support.isolation import loaded_modules_after_import
 
     forbidden = ("torch", "torch.distributed", "fedsim", "secagg", "cli", "opacus")
     assert loaded_modules_after_import("accounting", forbidden) == []

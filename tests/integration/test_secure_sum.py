@@ -30,7 +30,7 @@ from fedsim.secure_sum.config import SecureSumConfig
 from fedsim.secure_sum.exchange import client_secure_sum, server_secure_sum
 from secagg.encoding import as_ring_array
 from secagg.protocol import ClientRound
-from tests.gloo_world import run_world
+from tests.support.gloo_world import run_world
 
 HOSTS = {1: (1, 4, 7, 10), 2: (2, 5, 8), 3: (3, 6, 9)}
 COHORT = tuple(range(1, 11))
@@ -275,26 +275,3 @@ def test_server_view_holds_no_unmasked_input(world: dict) -> None:
             y = np.frombuffer(message[-4 * DIM:], dtype="<u4")
             distance = (y.astype(np.int64) - code.astype(np.int64) + 2**31) % 2**32 - 2**31
             assert (np.abs(distance) < 2**20).mean() < 0.01  # as for a uniform y
-
-
-# --- settings checks (no processes needed) ------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "field"),
-    [({"clip_range": 0.0}, "clip_range"), ({"modulus_bits": 16}, "modulus_bits"),
-     ({"graph": "ring"}, "graph"), ({"neighbours": 4}, "neighbours"), ({"timeout_s": 0}, "timeout_s")],
-)
-def test_settings_are_validated(kwargs: dict, field: str) -> None:
-    with pytest.raises(ValueError, match=field):
-        SecureSumConfig(**kwargs)
-
-
-def test_shape_chooses_safe_parameters_and_refuses_unsafe_ones() -> None:
-    assert SecureSumConfig().shape(10) == (6, None)  # honest majority of the complete graph
-    threshold, k = SecureSumConfig(graph="sparse", neighbours=4, threshold=0.5).shape(40)
-    assert (threshold, k) == (3, 4)
-    with pytest.raises(ValueError, match="at least 2 clients"):
-        SecureSumConfig().shape(1)
-    with pytest.raises(ValueError, match="threshold"):
-        SecureSumConfig(threshold=2, collusion=3).shape(10)

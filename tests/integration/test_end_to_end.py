@@ -7,7 +7,6 @@ Both launch paths are covered: `fedsim run` spawning its own local world, and
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,19 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-
-
-def fedsim(*args: str, timeout: float = 400) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "fedsim", *args], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout
-    )
-
-
-def result_json(completed: subprocess.CompletedProcess) -> dict:
-    assert completed.returncode == 0, completed.stderr[-4000:]
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+from tests.support import REPO_ROOT as REPO
+from tests.support.fedsim_cli import ENV, fedsim, result_json
 
 
 @pytest.fixture(scope="module")

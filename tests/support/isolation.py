@@ -1,12 +1,11 @@
-"""DESIGN.md's one-way dependencies, checked in a fresh interpreter."""
+"""docs/architecture.md's one-way dependencies, checked in a fresh interpreter."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.support import REPO_ROOT
 
 
 def loaded_modules_after_import(package: str, candidates: tuple[str, ...]) -> list[str]:

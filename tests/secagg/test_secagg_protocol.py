@@ -6,7 +6,6 @@ import math
 import os
 import re
 import struct
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,8 +27,9 @@ from secagg.messages import (
 from secagg.protocol import ClientRound, ProtocolError, ProtocolParams, ServerRound, run_in_memory
 from secagg.stages import ADVERTISE_KEYS, CONSISTENCY_CHECK, MASKED_INPUT_COLLECTION, SHARE_KEYS, STAGES, UNMASKING
 from secagg.shamir import evaluation_points, join_limbs, lagrange_at_zero, reconstruct, share_from_bytes
+from tests.support import REPO_ROOT
+from tests.support.stats import chi_square_critical
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _params(
@@ -487,12 +487,6 @@ def _interpolate(shares: dict[int, np.ndarray], params: ProtocolParams) -> bytes
         return None
 
 
-def _chi_square_critical(dof: int, z: float) -> float:
-    """Wilson-Hilferty approximation of the chi-square quantile at normal score z."""
-    a = 2.0 / (9.0 * dof)
-    return dof * (1.0 - a + z * math.sqrt(a)) ** 3
-
-
 def test_transcript_alone_does_not_unmask_a_client() -> None:
     params = _params(6, 3, dim=4096)
     rnd = Round(params, zeros=True)
@@ -513,7 +507,7 @@ def test_transcript_alone_does_not_unmask_a_client() -> None:
     assert np.count_nonzero(y) > 0.99 * params.dim
     counts = np.bincount(y.view(np.uint8), minlength=256)
     expected = y.nbytes / 256
-    assert float(((counts - expected) ** 2 / expected).sum()) < _chi_square_critical(255, z=4.75)
+    assert float(((counts - expected) ** 2 / expected).sum()) < chi_square_critical(255, z=4.75)
 
 
 def test_t_minus_one_colluders_cannot_unmask_a_survivor() -> None:
@@ -548,7 +542,7 @@ def test_masked_vectors_look_uniform(neighbours: int | None) -> None:
     inputs = {u: np.full(params.dim, 7 * u, np.uint32) for u in params.client_ids}  # very non-uniform
     server = run_in_memory(params, inputs, {MASKED_INPUT_COLLECTION: {8}})
     masked, _, _ = _server_view(params, server)
-    critical = _chi_square_critical(255, z=4.26)  # per vector false alarm 1e-5, 7 vectors
+    critical = chi_square_critical(255, z=4.26)  # per vector false alarm 1e-5, 7 vectors
     for u, y in masked.items():
         counts = np.bincount(y.view(np.uint8), minlength=256)
         expected = y.nbytes / 256
@@ -561,7 +555,7 @@ def test_masked_vectors_look_uniform(neighbours: int | None) -> None:
 
 
 def test_readme_example_runs() -> None:
-    text = (REPO / "secagg" / "README.md").read_text()
+    text = (REPO_ROOT / "secagg" / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
     assert blocks, "secagg/README.md must hold a python example"
     exec(compile(blocks[0], "secagg/README.md", "exec"), {"__name__": "readme_example"})

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.test_end_to_end import fedsim, result_json
+from tests.support.fedsim_cli import fedsim, result_json
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Tests for fedsim.data.loaders, fedsim.data.partition and scripts/make_wordnet_subset.py."""
+"""Tests for fedsim.data (loaders, sources, partition) and scripts/make_wordnet_subset.py."""
 
 from __future__ import annotations
 
@@ -12,22 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from fedsim.data.loaders import (
-    DATASET_NAMES,
-    FASHION_MNIST_DEFAULT_DIR,
-    FASHION_MNIST_ENV,
-    ImageData,
-    TextData,
-    load_dataset,
-    partition,
-    prepare_images,
-    subset,
-)
-from fedsim.data.partition import stratified_split
+from fedsim.data.loaders import ImageData, TextData, load_dataset, prepare_images, subset
+from fedsim.data.partition import partition, stratified_split
+from fedsim.data.sources import DATASET_NAMES, FASHION_MNIST_DEFAULT_DIR, FASHION_MNIST_ENV
+from tests.support import REPO_ROOT
 
 WORDNET_CLASSES = ("animal", "artifact", "body", "food", "location", "person", "plant",
                    "substance")
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -292,7 +283,7 @@ def test_subset_keeps_type_and_rows() -> None:
 
 def _load_script():
     spec = importlib.util.spec_from_file_location(
-        "make_wordnet_subset", REPO / "scripts" / "make_wordnet_subset.py")
+        "make_wordnet_subset", REPO_ROOT / "scripts" / "make_wordnet_subset.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

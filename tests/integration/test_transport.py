@@ -1,6 +1,7 @@
 """The relay and the stage driver, against a tiny fake protocol (the contract, not secagg).
 
-Frames and dropout plans are tested in-process. One world of 1 server + 4 client
+(Frames: tests/fedsim/transport/test_framing.py; dropout plans:
+tests/fedsim/secure_sum/test_dropouts.py, both in-process.) One world of 1 server + 4 client
 processes (gloo on 127.0.0.1) hosting 10 virtual clients runs a scripted sequence of
 rounds: clean, injected dropouts, a garbage header, a reply for a foreign client, a
 process killed mid-round, a process that stops answering. The server writes what it saw
@@ -10,7 +11,6 @@ to a file that the tests below inspect.
 from __future__ import annotations
 
 import os
-import struct
 import time
 from pathlib import Path
 
@@ -19,102 +19,11 @@ import torch
 import torch.distributed as dist
 
 from fedsim.secure_sum.dropouts import DropoutPlan
-from fedsim.transport.framing import (
-    HEADER_BYTES,
-    Frame,
-    FrameError,
-    decode_body,
-    decode_header,
-    encode_frame,
-    pack_ids,
-    unpack_ids,
-)
+from fedsim.transport.framing import HEADER_BYTES, Frame
 from fedsim.transport.vocabulary import Kind
 from fedsim.transport.relay import FIRST_TAG, ClientRelay, Evicted, RelayError, ServerRelay
 from fedsim.secure_sum.stages import client_stages, server_stages
-from tests.gloo_world import run_world
-
-# --- frames ----------------------------------------------------------------------------
-
-
-def _roundtrip(frame: Frame, max_body: int = 1 << 20) -> Frame:
-    data = encode_frame(frame)
-    parsed = decode_header(data[:HEADER_BYTES].numpy().tobytes(), max_body)
-    return decode_body(parsed, data[HEADER_BYTES:])
-
-
-def test_frame_roundtrip_batches_many_clients() -> None:
-    entries = {cid: os.urandom(cid * 37) for cid in range(1, 11)}
-    entries[7] = b""  # empty messages are fine
-    frame = Frame(Kind.STAGE, 12, "ShareKeys", entries)
-    assert _roundtrip(frame) == frame
-    assert _roundtrip(Frame(Kind.BYE)) == Frame(Kind.BYE)
-    big = Frame(Kind.REPLY, 2, "MaskedInputCollection", {3: os.urandom(200_000)})  # more than one gloo message
-    reused = torch.empty(1 << 19, dtype=torch.uint8)
-    data = encode_frame(big, reused)
-    assert data.data_ptr() == reused.data_ptr() and _roundtrip(big) == big
-
-
-@pytest.mark.parametrize(
-    ("mutate", "reason"),
-    [
-        (lambda h: b"XXXX" + h[4:], "magic"),
-        (lambda h: h[:4] + b"\x09" + h[5:], "version"),
-        (lambda h: h[:5] + b"\x63" + h[6:], "kind"),
-        (lambda h: h[:6] + b"\x17" + h[7:], "stage"),
-        (lambda h: h[:16] + struct.pack(">Q", 1 << 40), "body length"),
-        (lambda h: h[:-1], "header has"),
-    ],
-)
-def test_bad_headers_are_rejected_with_the_reason(mutate, reason: str) -> None:
-    header = encode_frame(Frame(Kind.REPLY, 3, "Unmasking", {1: b"abc"}))[:HEADER_BYTES]
-    with pytest.raises(FrameError, match=reason):
-        decode_header(mutate(header.numpy().tobytes()), 1 << 20)
-
-
-def _tampered_body(edit) -> FrameError:
-    data = encode_frame(Frame(Kind.REPLY, 3, "Unmasking", {1: b"abc", 2: b"defg"}))
-    parsed = decode_header(data[:HEADER_BYTES].numpy().tobytes(), 1 << 20)
-    raw = bytearray(data[HEADER_BYTES:].numpy().tobytes())
-    edit(raw)
-    with pytest.raises(FrameError) as info:
-        decode_body(parsed, torch.frombuffer(raw, dtype=torch.uint8))
-    return info.value
-
-
-def test_bad_bodies_are_rejected_with_the_reason() -> None:
-    assert "end marker" in str(_tampered_body(lambda raw: raw.__setitem__(slice(-4, None), bytes(4))))
-    assert "announces" in str(_tampered_body(lambda raw: raw.__setitem__(slice(12, 20), struct.pack(">Q", 99))))
-    assert "stray" in str(_tampered_body(lambda raw: raw.__setitem__(slice(0, 4), struct.pack(">I", 1))))
-    assert "twice" in str(_tampered_body(lambda raw: raw.__setitem__(slice(23, 31), struct.pack(">Q", 1))))
-
-
-def test_id_lists_must_be_sorted_distinct_and_positive() -> None:
-    assert unpack_ids(pack_ids([1, 5, 9]), "cohort") == (1, 5, 9)
-    for bad in ([2, 1], [1, 1], [0, 3]):
-        with pytest.raises(FrameError, match="cohort"):
-            unpack_ids(pack_ids(bad), "cohort")
-    with pytest.raises(FrameError, match="whole number"):
-        unpack_ids(b"\x00" * 7, "cohort")
-
-
-# --- dropout plans ---------------------------------------------------------------------
-
-
-def test_dropout_plan_is_reproducible_and_honours_rate_and_schedule() -> None:
-    plan = DropoutPlan(rate=0.2, stages=("ShareKeys",), schedule={3: {"Unmasking": [4]}}, seed=7)
-    draws = [plan.drops(r, "ShareKeys", c) for r in range(1, 51) for c in range(1, 41)]
-    assert draws == [DropoutPlan(rate=0.2, stages=("ShareKeys",), seed=7).drops(r, "ShareKeys", c)
-                     for r in range(1, 51) for c in range(1, 41)]
-    assert 0.16 < sum(draws) / len(draws) < 0.24  # 2000 draws, sd 0.009
-    assert not any(plan.drops(r, "AdvertiseKeys", c) for r in range(1, 20) for c in range(1, 20))
-    assert plan.drops(3, "Unmasking", 4) and not plan.drops(4, "Unmasking", 4)
-    assert DropoutPlan(rate=0.2, seed=8).drops(1, "ShareKeys", 1) in (True, False)
-    with pytest.raises(ValueError, match="dropout stage 'Sharekeys'"):
-        DropoutPlan(schedule={1: {"Sharekeys": [1]}})
-    with pytest.raises(ValueError, match="dropout_rate"):
-        DropoutPlan(rate=1.0)
-
+from tests.support.gloo_world import run_world
 
 # --- a fake protocol with the contract's shape ------------------------------------------
 

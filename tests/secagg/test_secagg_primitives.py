@@ -1,5 +1,7 @@
 """secagg building blocks: Shamir sharing, Lagrange cache, neighbour graphs, parameter
-choice, wire format, share encryption, 64-bit rings and weighted means."""
+choice, wire format, share encryption; no insecure randomness in the source.
+
+Codecs (both rings, weighted means), the keystream and masks: test_secagg.py."""
 
 from __future__ import annotations
 
@@ -7,19 +9,15 @@ import math
 import os
 import re
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from secagg.agreement import generate_private_key, public_key_bytes, share_encryption_keys
 from secagg.channel import CIPHERTEXT_BYTES, open_shares, seal_shares
-from secagg.encoding import FixedPointCodec, WeightedMeanCodec, as_ring_array, wrapping_sum
 from secagg.graph import NeighbourGraph, random_permutation
-from secagg.masking import add_masks_, mask_input
 from secagg.messages import HEADER, REPLY, ProtocolError, Reader, open_message, pack_message
 from secagg.stages import SHARE_KEYS
 from secagg.params import (
@@ -29,7 +27,6 @@ from secagg.params import (
     choose_secagg_params,
     hypergeometric_tail,
 )
-from secagg.prg import Keystream, keystream_into
 from secagg.shamir import (
     PRIME,
     LagrangeCache,
@@ -43,6 +40,7 @@ from secagg.shamir import (
     share_to_bytes,
     split_limbs,
 )
+from tests.support import REPO_ROOT
 
 SESSION = bytes(range(16))
 
@@ -285,73 +283,13 @@ def test_share_ciphertexts_bind_session_round_and_parties() -> None:
             open_shares(a_to_b, bytes(flipped), sender=1, receiver=2, **ctx)
 
 
-# --- 64-bit rings, weighted means, masks into numpy ------------------------------------------
-
-
-def test_codec_64_bit_ring_round_trip_and_headroom() -> None:
-    codec = FixedPointCodec(clip_range=1.0, num_parties=1000, modulus_bits=64)
-    assert codec.dtype == torch.int64 and codec.frac_bits == 53
-    x = torch.linspace(-1, 1, 1001, dtype=torch.float64)
-    codes = [codec.encode(x, torch.Generator().manual_seed(i)) for i in range(3)]
-    total = codec.decode_sum(as_ring_array(wrapping_sum(codes)))
-    assert torch.allclose(total, (3 * x).to(torch.float32), atol=1e-6)
-    with pytest.raises(ValueError, match="2\\^63 - 1"):
-        FixedPointCodec(clip_range=2.0**60, num_parties=2**10, modulus_bits=64)
-
-
-def test_weighted_mean_codec_validates() -> None:
-    with pytest.raises(ValueError, match="sum of weights cannot wrap"):
-        WeightedMeanCodec(clip_range=1e-9, max_weight=2**30, num_parties=4)
-    codec = WeightedMeanCodec(clip_range=1.0, max_weight=10, num_parties=3)
-    with pytest.raises(ValueError, match="weight must be an int in \\[0, 10\\]"):
-        codec.encode(torch.zeros(2), 11, torch.Generator())
-    with pytest.raises(ValueError, match="total weight"):
-        codec.decode_mean(np.zeros(3, np.uint32))
-
-
-@pytest.mark.parametrize("dtype", [np.uint32, np.uint64])
-def test_add_masks_matches_keystream_arithmetic(dtype: type) -> None:
-    n = 70_001  # several chunks, odd tail
-    keys = [os.urandom(32) for _ in range(3)]
-    y = np.arange(n, dtype=dtype)
-    add_masks_(y, [(1, keys[0]), (-1, keys[1]), (1, keys[2])])
-    streams = []
-    for key in keys:
-        s = np.empty(n, dtype=dtype)
-        keystream_into(s, key, bytes(16))
-        streams.append(s)
-    assert np.array_equal(y, np.arange(n, dtype=dtype) + streams[0] - streams[1] + streams[2])
-    with pytest.raises(ValueError, match="flat uint32 or uint64"):
-        add_masks_(np.zeros(4, np.int32), [])
-    with pytest.raises(ValueError, match="sign"):
-        add_masks_(np.zeros(4, dtype), [(2, keys[0])])
-
-
-def test_torch_int64_masks_cancel() -> None:
-    x = [torch.arange(10, dtype=torch.int64) * i for i in range(3)]
-    keys = {(0, 1): os.urandom(32), (0, 2): os.urandom(32), (1, 2): os.urandom(32)}
-    masked = [
-        mask_input(x[u], u + 1, {v + 1: keys[min(u, v), max(u, v)] for v in range(3) if v != u})
-        for u in range(3)
-    ]
-    assert torch.equal(wrapping_sum(masked), wrapping_sum(x))
-
-
-def test_keystream_reads_into_numpy_words() -> None:
-    key = os.urandom(32)
-    words64 = np.empty(9, np.uint64)
-    Keystream(key, bytes(16)).read_into(words64)
-    words32 = torch.empty(18, dtype=torch.int32)
-    keystream_into(words32, key, bytes(16))
-    assert words64.tobytes() == words32.numpy().tobytes()
-    with pytest.raises(ValueError, match="read-only"):
-        keystream_into(np.frombuffer(bytes(16), np.uint32), key, bytes(16))
+# --- the source ----------------------------------------------------------------------------
 
 
 def test_no_non_cryptographic_randomness_for_secrets() -> None:
     """Secrets come from os.urandom / cryptography only.  The one torch generator is the
     stochastic-rounding coin key of the codec (not a secret)."""
-    for source in (Path(__file__).resolve().parents[1] / "secagg").glob("*.py"):
+    for source in (REPO_ROOT / "secagg").glob("*.py"):
         code = "\n".join(
             line for line in source.read_text().splitlines() if not line.strip().startswith(("#", '"', "``"))
         )

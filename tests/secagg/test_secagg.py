@@ -1,10 +1,16 @@
-"""Unit tests of the secagg library: encoding, ring arithmetic, PRG, key agreement, masking."""
+"""Unit tests of the secagg library: encoding (32- and 64-bit rings, weighted means), ring
+arithmetic, PRG, key agreement, masking (torch tensors and numpy arrays).
+
+Shamir sharing, graphs, parameters, the wire format and share encryption:
+test_secagg_primitives.py; the protocol: test_secagg_protocol.py."""
 
 from __future__ import annotations
 
 import hashlib
 import math
+import os
 
+import numpy as np
 import pytest
 import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -14,6 +20,9 @@ from hypothesis import strategies as st
 from secagg import (
     FixedPointCodec,
     Keystream,
+    WeightedMeanCodec,
+    add_masks_,
+    as_ring_array,
     fixed_point_frac_bits,
     generate_private_key,
     keystream_into,
@@ -29,6 +38,7 @@ from secagg import (
     wrapping_sub_,
     wrapping_sum,
 )
+from tests.support.stats import chi_square_critical
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 ACROSS_CHUNKS = 2 * 64 * 1024 + 7  # longer than the library's chunks, not a multiple
@@ -51,14 +61,16 @@ def _test_key(label: str, *parts: int) -> bytes:
 # --- fixed-point codec ---------------------------------------------------------------
 
 
-def test_frac_bits_is_largest_scale_with_headroom() -> None:
-    for clip_range, n in [(1.0, 1), (1.0, 3), (0.1, 7), (3.7, 100), (1e-6, 2)]:
-        codec = FixedPointCodec(clip_range, n)
+@pytest.mark.parametrize("bits", [32, 64])
+def test_frac_bits_is_largest_scale_with_headroom(bits: int) -> None:
+    limit = 2 ** (bits - 1) - 1
+    for clip_range, n in [(1.0, 1), (1.0, 3), (0.1, 7), (3.7, 100), (1e-6, 2), (1.0, 1000)]:
+        codec = FixedPointCodec(clip_range, n, modulus_bits=bits)
         f = codec.frac_bits
-        limit = 2**31 - 1
         assert n * math.ceil(clip_range * 2.0**f) <= limit
         assert f == 96 or n * math.ceil(clip_range * 2.0 ** (f + 1)) > limit
-    assert FixedPointCodec(1.0, 3).frac_bits == 29
+    (clip_range, n), f = {32: ((1.0, 3), 29), 64: ((1.0, 1000), 53)}[bits]
+    assert FixedPointCodec(clip_range, n, modulus_bits=bits).frac_bits == f
 
 
 def test_headroom_refusal_names_fields_and_limit() -> None:
@@ -68,6 +80,9 @@ def test_headroom_refusal_names_fields_and_limit() -> None:
     assert "clip_range=10000.0" in message and "num_parties=1000" in message
     assert "2147483647" in message and "2^8" in message
     assert fixed_point_frac_bits(1e4, 1000, 32) is None
+    with pytest.raises(ValueError, match=r"2\^63 - 1 = 9223372036854775807"):
+        FixedPointCodec(clip_range=2.0**60, num_parties=2**10, modulus_bits=64)
+    assert fixed_point_frac_bits(2.0**60, 2**10, 64) is None
 
 
 @pytest.mark.parametrize(
@@ -88,13 +103,23 @@ def test_codec_rejects_bad_parameters(kwargs: dict, field: str) -> None:
         FixedPointCodec(**kwargs)
 
 
-def test_codec_round_trip_within_one_step() -> None:
-    codec = FixedPointCodec(clip_range=2.0, num_parties=4)
-    x = torch.randn(10_000, generator=_gen(1)) * 3
-    decoded = codec.decode_sum(codec.encode(x, _gen(2)))
-    assert decoded.dtype == torch.float32
-    err = (decoded - x.clamp(-2.0, 2.0)).abs()
-    assert float(err.max()) <= 1.0 / codec.scale + 1e-7
+@pytest.mark.parametrize(("bits", "ring"), [(32, torch.int32), (64, torch.int64)])
+def test_codec_round_trip_within_one_step(bits: int, ring: torch.dtype) -> None:
+    codec = FixedPointCodec(clip_range=2.0, num_parties=4, modulus_bits=bits)
+    assert codec.dtype == ring
+    for real in (torch.float32, torch.float64):
+        x = torch.randn(10_000, generator=_gen(1), dtype=real) * 3
+        code = codec.encode(x, _gen(2))
+        assert code.dtype == ring
+        decoded = codec.decode_sum(code)
+        assert decoded.dtype == torch.float32
+        err = (decoded.double() - x.clamp(-2.0, 2.0).double()).abs()
+        assert float(err.max()) <= 1.0 / codec.scale + 1e-7, real
+        # the cohort's ring sum, decoded from the unsigned view the protocol returns
+        codes = [codec.encode(x, _gen(10 + i)) for i in range(codec.num_parties)]
+        total = codec.decode_sum(as_ring_array(wrapping_sum(codes)))
+        expected = codec.num_parties * x.clamp(-2.0, 2.0).double()
+        assert float((total.double() - expected).abs().max()) <= codec.num_parties / codec.scale + 1e-6, real
 
 
 def test_encode_depends_only_on_generator_state_across_chunks() -> None:
@@ -152,6 +177,16 @@ def test_worst_case_cohort_sum_does_not_wrap() -> None:
         assert torch.allclose(total, torch.full((64,), sign * n * 0.1), atol=n / codec.scale)
 
 
+def test_weighted_mean_codec_validates() -> None:
+    with pytest.raises(ValueError, match="sum of weights cannot wrap"):
+        WeightedMeanCodec(clip_range=1e-9, max_weight=2**30, num_parties=4)
+    codec = WeightedMeanCodec(clip_range=1.0, max_weight=10, num_parties=3)
+    with pytest.raises(ValueError, match="weight must be an int in \\[0, 10\\]"):
+        codec.encode(torch.zeros(2), 11, torch.Generator())
+    with pytest.raises(ValueError, match="total weight"):
+        codec.decode_mean(np.zeros(3, np.uint32))
+
+
 # --- ring arithmetic -----------------------------------------------------------------
 
 
@@ -196,14 +231,34 @@ def test_wrapping_ops_validate() -> None:
 # --- PRG -----------------------------------------------------------------------------
 
 
+WORD_BUFFERS = {
+    "torch.int32": lambda n: torch.empty(n, dtype=torch.int32),
+    "torch.int64": lambda n: torch.empty(n, dtype=torch.int64),
+    "numpy.uint32": lambda n: np.empty(n, np.uint32),
+    "numpy.uint64": lambda n: np.empty(n, np.uint64),
+}
+
+
+def _little_endian_bytes(words: torch.Tensor | np.ndarray) -> bytes:
+    array = words.numpy() if isinstance(words, torch.Tensor) else words
+    return array.astype(array.dtype.newbyteorder("<")).tobytes()
+
+
+@pytest.mark.parametrize("words", sorted(WORD_BUFFERS))
 @pytest.mark.parametrize("n", [1, 3, 4, 5, 1000, 4099])
-def test_keystream_is_aes_ctr_of_zeros(n: int) -> None:
+def test_keystream_is_aes_ctr_of_zeros(n: int, words: str) -> None:
+    """keystream_into and Keystream.read_into write the AES-256-CTR keystream, read as
+    little-endian words, into torch int32/int64 tensors and numpy uint32/uint64 arrays."""
     key, nonce = _test_key("k"), bytes(range(16))
-    out = torch.empty(n, dtype=torch.int32)
+    out = WORD_BUFFERS[words](n)
     keystream_into(out, key, nonce)
+    read = WORD_BUFFERS[words](n)
+    Keystream(key, nonce).read_into(read)
+    word_bytes = out.element_size() if isinstance(out, torch.Tensor) else out.itemsize
     encryptor = Cipher(algorithms.AES(key), modes.CTR(nonce)).encryptor()
-    expected = encryptor.update(bytes(4 * n)) + encryptor.finalize()
-    assert out.numpy().astype("<u4").tobytes() == expected
+    expected = encryptor.update(bytes(word_bytes * n)) + encryptor.finalize()
+    assert _little_endian_bytes(out) == expected
+    assert _little_endian_bytes(read) == expected
 
 
 def test_keystream_deterministic_and_key_nonce_separated() -> None:
@@ -243,6 +298,8 @@ def test_keystream_validates() -> None:
         keystream_into(torch.empty(8), bytes(32), bytes(16))
     with pytest.raises(ValueError, match="contiguous"):
         keystream_into(out[::2], bytes(32), bytes(16))
+    with pytest.raises(ValueError, match="read-only"):
+        keystream_into(np.frombuffer(bytes(16), np.uint32), bytes(32), bytes(16))
 
 
 # --- key agreement -------------------------------------------------------------------
@@ -324,12 +381,6 @@ def test_mask_input_leaves_input_untouched_and_validates() -> None:
     assert pairwise_mask_sign(1, 2) == 1 and pairwise_mask_sign(2, 1) == -1
 
 
-def _chi_square_critical(dof: int, z: float) -> float:
-    """Wilson-Hilferty approximation of the chi-square quantile at normal score z."""
-    a = 2.0 / (9.0 * dof)
-    return dof * (1.0 - a + z * math.sqrt(a)) ** 3
-
-
 def test_masked_zero_input_looks_uniform() -> None:
     ids = [1, 2, 3]
     keys = {u: {v: _test_key("pair", min(u, v), max(u, v)) for v in ids if v != u} for u in ids}
@@ -338,38 +389,64 @@ def test_masked_zero_input_looks_uniform() -> None:
     counts = torch.bincount(data, minlength=256).to(torch.float64)
     expected = data.numel() / 256
     chi2 = float(((counts - expected) ** 2 / expected).sum())
-    assert chi2 < _chi_square_critical(255, z=4.75)  # p ~ 1e-6, deterministic keys
+    assert chi2 < chi_square_critical(255, z=4.75)  # p ~ 1e-6, deterministic keys
     bits = (y.to(torch.int64).unsqueeze(1) >> torch.arange(32)) & 1
     assert torch.all((bits.to(torch.float64).mean(0) - 0.5).abs() < 0.02)
 
 
+@pytest.mark.parametrize("ring", [torch.int32, torch.int64])
 @settings(max_examples=40, deadline=None)
 @given(
     n=st.integers(2, 6),
     dim=st.integers(1, 300),
     seed=st.integers(0, 2**32),
-    extreme=st.sampled_from([None, INT32_MIN, INT32_MAX]),
+    extreme=st.sampled_from([None, "min", "max"]),
 )
 def test_unmask_sum_of_masked_inputs_is_wrapping_sum(
-    n: int, dim: int, seed: int, extreme: int | None
+    ring: torch.dtype, n: int, dim: int, seed: int, extreme: str | None
 ) -> None:
+    """Z_(2^32) and Z_(2^64): with every party present the pairwise masks cancel."""
     ids = list(range(1, n + 1))
     keys = {u: {v: _test_key(f"{seed}", min(u, v), max(u, v)) for v in ids if v != u}
             for u in ids}
-    gen = _gen(seed)
+    info = torch.iinfo(ring)
+    rng = np.random.default_rng(seed)  # test data, not secrets
     inputs = [
-        torch.full((dim,), extreme, dtype=torch.int32)
+        torch.full((dim,), getattr(info, extreme), dtype=ring)
         if extreme is not None
-        else torch.randint(INT32_MIN, INT32_MAX, (dim,), generator=gen, dtype=torch.int32)
+        else torch.from_numpy(rng.integers(info.min, info.max, dim, dtype=np.int64, endpoint=True)).to(ring)
         for _ in ids
     ]
     masked = [mask_input(x, u, keys[u]) for u, x in zip(ids, inputs)]
+    assert all(y.dtype == ring for y in masked)
     assert torch.equal(unmask_sum(masked), wrapping_sum(inputs))
+    modulus = 2**info.bits  # the ring sum, in exact integers
+    exact = [sum(int(x[i]) for x in inputs) % modulus for i in range(dim)]
+    assert [int(v) % modulus for v in unmask_sum(masked)] == exact
+
+
+@pytest.mark.parametrize("dtype", [np.uint32, np.uint64])
+def test_add_masks_matches_keystream_arithmetic(dtype: type) -> None:
+    n = 70_001  # several chunks, odd tail
+    keys = [os.urandom(32) for _ in range(3)]
+    y = np.arange(n, dtype=dtype)
+    add_masks_(y, [(1, keys[0]), (-1, keys[1]), (1, keys[2])])
+    streams = []
+    for key in keys:
+        s = np.empty(n, dtype=dtype)
+        keystream_into(s, key, bytes(16))
+        streams.append(s)
+    assert np.array_equal(y, np.arange(n, dtype=dtype) + streams[0] - streams[1] + streams[2])
+    with pytest.raises(ValueError, match="flat uint32 or uint64"):
+        add_masks_(np.zeros(4, np.int32), [])
+    with pytest.raises(ValueError, match="sign"):
+        add_masks_(np.zeros(4, dtype), [(2, keys[0])])
 
 
 def test_secagg_stands_alone() -> None:
-    """DESIGN.md: secagg never imports fedsim, accounting, cli, nor uses torch.distributed."""
-    from tests.isolation import REPO_ROOT, loaded_modules_after_import
+    """docs/architecture.md: secagg never imports fedsim, accounting, cli, nor uses torch.distributed."""
+    from tests.support import REPO_ROOT
+    from tests.support.isolation import loaded_modules_after_import
 
     assert loaded_modules_after_import("secagg", ("fedsim", "accounting", "cli")) == []
     for source in (REPO_ROOT / "secagg").glob("*.py"):
