@@ -20,13 +20,13 @@ from typing import Any, Optional
 import typer
 from rich.markup import escape
 
+from cli.plots import plot_run
+from cli.render import ProgressObserver, err, fail, make_progress, summary_table, warn_about_faults
 from fedsim.config import RunConfig
 from fedsim.errors import RUN_FAILED, FedsimError
 from fedsim.events import MethodSummary
 from fedsim.options import ANY, FIELD_OPTIONS, FieldOption
 from fedsim.rundir import CONFIG_FILE
-from cli.plots import plot_run
-from cli.render import err, fail, make_progress, summary_table, warn_about_faults, ProgressObserver
 
 DEFAULTS = RunConfig()
 

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from fedsim.errors import BAD_INPUT, FedsimError
-from fedsim.rundir import CONFIG_FORMAT_VERSION, FORMAT_VERSION_FIELD
-from fedsim.options import BUNDLED_TEXT_MODEL, FIELD_OPTIONS, IMAGE_DATASETS, TEXT_DATASETS, is_int
 from fedsim.methods.registry import DEFAULT_METHOD
+from fedsim.options import BUNDLED_TEXT_MODEL, FIELD_OPTIONS, IMAGE_DATASETS, TEXT_DATASETS, is_int
+from fedsim.rundir import CONFIG_FORMAT_VERSION, FORMAT_VERSION_FIELD
 from fedsim.transport.vocabulary import DROPOUT_STAGES
 from secagg.stages import CONSISTENCY_CHECK
 

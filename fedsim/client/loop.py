@@ -19,11 +19,11 @@ import torch
 
 from fedsim.client.trainer import ClientShard, DPSettings, LocalTrainer, OptimSettings
 from fedsim.config import RunConfig
+from fedsim.data.partition import partition
 from fedsim.dp.client_level import ClientLevelNoise, noise_share_std
 from fedsim.dp.randomness import secret_generator
 from fedsim.methods.registry import Method, Phase, phase_steps
 from fedsim.models.lora_params import parameters_by_name
-from fedsim.data.partition import partition
 from fedsim.population import Population, cohort_sampling
 from fedsim.secure_sum.config import dropout_plan, secure_sum_config
 from fedsim.secure_sum.exchange import client_secure_sum, round_and_phase

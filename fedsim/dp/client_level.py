@@ -23,8 +23,8 @@ from typing import Mapping
 
 import torch
 
-from fedsim.methods.registry import Method, Phase
 from fedsim.methods.deer import regulated_noise
+from fedsim.methods.registry import Method, Phase
 from fedsim.models.lora_params import parameters_by_name
 
 

@@ -183,7 +183,7 @@ def test_prv_is_tighter_than_rdp_at_dpsgd_settings() -> None:
     rdp = rdp_epsilon(mechanisms, DELTA)
     assert bound.method == "prv"
     assert bound.upper < rdp
-    assert (rdp - bound.upper) / bound.upper > 0.05  # PAPERS.md: RDP 8-15% looser here
+    assert (rdp - bound.upper) / bound.upper > 0.05  # RDP is 8-15% looser than PRV here
 
 
 def test_merged_and_split_histories_agree() -> None:
