@@ -48,6 +48,7 @@ def round_and_phase(exchange: int, phases: int) -> tuple[int, int]:
     round_idx, phase_idx = divmod(exchange - 1, phases)
     return round_idx + 1, phase_idx
 
+
 @dataclass(frozen=True)
 class SecureSum:
     """The server's result of one secure sum.
