@@ -74,8 +74,3 @@ def test_compare_writes_csv_markdown_and_plot(tmp_path):
     assert "| la-lora |" in table and "ε = 4" in table
     assert (out / "results.csv").read_text().count("\n") == 3
     assert (out / "accuracy_vs_epsilon.png").stat().st_size > 5_000
-
-
-def test_compare_refuses_bad_targets(tmp_path):
-    completed = fedsim("compare", "-e", "1,-2", "-o", str(tmp_path / "x"))
-    assert completed.returncode == 2 and "epsilons" in completed.stderr
