@@ -1,9 +1,10 @@
 """What the job's own frames carry, in fixed binary layouts: float vectors and round reports.
 
 The secure sum's messages are ``secagg``'s; these are the rest of a round's traffic
-(:mod:`fedsim.job`): the global state the server sends (public), and what each client
-says it ran in local training (the mechanism, never data). Decoders check every length
-and range and raise :class:`~fedsim.transport.framing.FrameError`.
+(:mod:`fedsim.server.loop`, :mod:`fedsim.client.loop`): the global state the server
+sends (public), and what each client says it ran in local training (the mechanism, never
+data). Decoders check every length and range and raise
+:class:`~fedsim.transport.framing.FrameError`.
 """
 
 from __future__ import annotations
