@@ -22,7 +22,7 @@ from fedsim.config import RunConfig
 from fedsim.data.partition import partition
 from fedsim.dp.client_level import ClientLevelNoise, noise_share_std
 from fedsim.dp.randomness import secret_generator
-from fedsim.methods.registry import Method, Phase, phase_steps
+from fedsim.methods.registry import Phase, phase_steps
 from fedsim.models.lora_params import parameters_by_name
 from fedsim.population import Population, cohort_sampling
 from fedsim.secure_sum.config import dropout_plan, secure_sum_config
@@ -31,7 +31,7 @@ from fedsim.task import Task, fresh_model, model_inputs
 from fedsim.transport.framing import Frame, FrameError, unpack_ids
 from fedsim.transport.payloads import pack_report, unpack_vector
 from fedsim.transport.relay import ClientRelay, Evicted
-from fedsim.transport.vectors import assign_flat
+from fedsim.transport.vectors import assign_flat, flat_size
 from fedsim.transport.vocabulary import Kind, RoundEntry, SetupEntry
 from fedsim.transport.world import SERVER_RANK, World
 from secagg.params import SESSION_BYTES
@@ -105,9 +105,9 @@ class HostedClients:
 
     def __init__(self, config: RunConfig, world: World, task: Task, relay: ClientRelay, method_name: str) -> None:
         self.config, self.relay, self.device = config, relay, world.device
-        self.method: Method
         self.method, model, self.factors = fresh_model(task, method_name, world.device)
         self.params = parameters_by_name(self.factors)
+        self.dim_all = flat_size(self.params, self.method.all_sent_names(self.factors))  # the ROUND frame's global state
         self.trainer = LocalTrainer(
             model=model,
             factors=self.factors,
@@ -134,7 +134,7 @@ class HostedClients:
         if len(session) != SESSION_BYTES:
             raise FrameError(f"SETUP carries a {len(session)}-byte session id, expected {SESSION_BYTES}")
         every = sorted(self.params)
-        initial = unpack_vector(setup.entries.get(SetupEntry.INITIAL_STATE, b""), sum(self.params[n].numel() for n in every), "initial state")
+        initial = unpack_vector(setup.entries.get(SetupEntry.INITIAL_STATE, b""), flat_size(self.params, every), "initial state")
         assign_flat(self.params, every, initial)
         phases = len(self.method.phases(1))
         while (frame := self.relay.receive(Kind.ROUND, Kind.DONE)).kind == Kind.ROUND:
@@ -144,8 +144,7 @@ class HostedClients:
         """One phase: train the hosted clients asked for (when the protocol asks), then the secure sum."""
         round_idx, phase_idx = round_and_phase(frame.round, phases)
         phase = self.method.phases(round_idx)[phase_idx]
-        dim_all = sum(self.params[n].numel() for n in self.method.all_sent_names(self.factors))
-        global_vector = unpack_vector(frame.entries.get(RoundEntry.GLOBAL_STATE, b""), dim_all, f"round {round_idx} global state")
+        global_vector = unpack_vector(frame.entries.get(RoundEntry.GLOBAL_STATE, b""), self.dim_all, f"round {round_idx} global state")
         training = PhaseTraining(
             self.relay, self.trainer, self.shards, self.privatizer, phase,
             steps=phase_steps(self.config.local_steps, phases)[phase_idx],
@@ -155,6 +154,6 @@ class HostedClients:
         client_secure_sum(
             self.relay, unpack_ids(frame.entries.get(RoundEntry.CLIENTS, b""), "clients to train"), training,
             session=session, round_idx=frame.round,
-            dim=sum(self.params[n].numel() for n in phase.sent_names(self.factors)),
+            dim=flat_size(self.params, phase.sent_names(self.factors)),
             config=self.secagg, generator=self.rounding, dropouts=self.dropouts,
         )

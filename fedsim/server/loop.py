@@ -56,7 +56,7 @@ from fedsim.task import Task, fresh_model
 from fedsim.transport.framing import Frame, pack_ids
 from fedsim.transport.payloads import RoundReport, pack_vector
 from fedsim.transport.relay import ServerRelay
-from fedsim.transport.vectors import add_flat, flatten
+from fedsim.transport.vectors import add_flat, flat_size, flatten
 from fedsim.transport.vocabulary import Kind, RoundEntry, SetupEntry
 from fedsim.transport.world import World
 
@@ -150,8 +150,7 @@ class MethodServer:
         for rank in self.relay.live:
             self.relay.send(rank, setup)
         hosted_max = len(self.population.hosted_by(1))
-        dim_all = sum(self.params[n].numel() for n in self.all_names)
-        self.relay.set_max_body_bytes(reply_limit(dim_all, cohort=self.population.size, hosted=hosted_max))
+        self.relay.set_max_body_bytes(reply_limit(flat_size(self.params, self.all_names), cohort=self.population.size, hosted=hosted_max))
         for callback in callbacks:
             callback.method_started(run)
         aborted_rounds = 0
@@ -218,7 +217,7 @@ class MethodServer:
         result = server_secure_sum(
             self.relay, hosts, session=self.session, round_idx=wait.exchange,
             cohort=tuple(sorted(c for ids in hosts.values() for c in ids)),
-            dim=sum(self.params[n].numel() for n in names), config=self.secagg, before_input=wait,
+            dim=flat_size(self.params, names), config=self.secagg, before_input=wait,
         )
         if result.mean is not None:
             add_flat(self.params, names, result.mean)

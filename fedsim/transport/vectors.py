@@ -11,6 +11,11 @@ from typing import Mapping, Sequence
 import torch
 
 
+def flat_size(tensors: Mapping[str, torch.Tensor], names: Sequence[str]) -> int:
+    """How many values :func:`flatten` gives for ``names``: the length of the exchanged vector."""
+    return sum(tensors[name].numel() for name in names)
+
+
 def flatten(tensors: Mapping[str, torch.Tensor], names: Sequence[str]) -> torch.Tensor:
     """Concatenate ``tensors[name]`` for ``name`` in ``names`` into one float32 vector."""
     return torch.cat([tensors[name].detach().reshape(-1).to(torch.float32) for name in names])
@@ -19,7 +24,7 @@ def flatten(tensors: Mapping[str, torch.Tensor], names: Sequence[str]) -> torch.
 @torch.no_grad()
 def assign_flat(params: Mapping[str, torch.nn.Parameter], names: Sequence[str], vector: torch.Tensor) -> None:
     """Copy consecutive slices of ``vector`` into ``params[name]`` (the inverse of :func:`flatten`)."""
-    expected = sum(params[name].numel() for name in names)
+    expected = flat_size(params, names)
     if vector.numel() != expected:
         raise ValueError(f"flat vector has {vector.numel()} values, the layout needs {expected}")
     offset = 0
