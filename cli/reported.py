@@ -20,6 +20,7 @@ from fedsim.rundir import (
     METRICS_FORMAT_VERSION,
     SUMMARY_FILE,
     SUMMARY_FORMAT_VERSION,
+    readable_format,
 )
 
 #: Relative tolerance when comparing a reported ε with the recomputed one: the two are
@@ -105,6 +106,5 @@ def compare_figures(where: str, what: str, reported: dict, snapshot) -> list[str
 
 def check_format_version(data: dict, known: int) -> None:
     """Refuse a row written in a layout this fedsim does not know (absent: written before versions)."""
-    version = data.get(FORMAT_VERSION_FIELD, known)
-    if version != known or isinstance(version, bool):
-        raise ValueError(f"{FORMAT_VERSION_FIELD}={version!r}, this fedsim reads {known}: written by a newer fedsim?")
+    if not readable_format(data, known):
+        raise ValueError(f"{FORMAT_VERSION_FIELD}={data[FORMAT_VERSION_FIELD]!r}, this fedsim reads {known}: written by a newer fedsim?")

@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 from fedsim.errors import BAD_INPUT, FedsimError
 from fedsim.methods.registry import DEFAULT_METHOD
 from fedsim.options import BUNDLED_TEXT_MODEL, FIELD_OPTIONS, IMAGE_DATASETS, TEXT_DATASETS, is_int
-from fedsim.rundir import CONFIG_FORMAT_VERSION, FORMAT_VERSION_FIELD
+from fedsim.rundir import CONFIG_FORMAT_VERSION, FORMAT_VERSION_FIELD, readable_format
 from fedsim.transport.vocabulary import DROPOUT_STAGES
 from secagg.stages import CONSISTENCY_CHECK
 
@@ -275,8 +275,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 def config_from_json(text: str) -> RunConfig:
     """Inverse of :meth:`RunConfig.to_json` (used to ship the config to ranks and re-read runs)."""
     data = json.loads(text)
-    version = data.pop(FORMAT_VERSION_FIELD, CONFIG_FORMAT_VERSION)  # absent: written before versions
-    if version != CONFIG_FORMAT_VERSION or isinstance(version, bool):
-        raise ConfigError(FORMAT_VERSION_FIELD, version, f"{CONFIG_FORMAT_VERSION} (a config.json this fedsim can read)")
+    if not readable_format(data, CONFIG_FORMAT_VERSION):
+        raise ConfigError(FORMAT_VERSION_FIELD, data[FORMAT_VERSION_FIELD], f"{CONFIG_FORMAT_VERSION} (a config.json this fedsim can read)")
+    data.pop(FORMAT_VERSION_FIELD, None)
     data["methods"] = tuple(data["methods"])
     return RunConfig(**data)

@@ -13,7 +13,7 @@ field that old readers may ignore keeps the version; any other change bumps it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 CONFIG_FILE = "config.json"
 LEDGER_FILE = "ledger.jsonl"
@@ -29,6 +29,15 @@ SUMMARY_FORMAT_VERSION = 1
 """Layout of ``summary.json`` (:class:`fedsim.events.MethodSummary`)."""
 CONFIG_FORMAT_VERSION = 1
 """Layout of ``config.json`` (:meth:`fedsim.config.RunConfig.to_json`)."""
+
+
+def readable_format(data: Mapping[str, Any], known: int) -> bool:
+    """Whether this fedsim reads a persisted object: its ``format_version`` is ``known``.
+
+    An object without the field was written before versions existed and reads as ``known``.
+    """
+    version = data.get(FORMAT_VERSION_FIELD, known)
+    return version == known and not isinstance(version, bool)
 
 
 def method_run_dir(run_dir: Path, methods: Sequence[str], method: str) -> Path:

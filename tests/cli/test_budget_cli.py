@@ -299,3 +299,23 @@ def test_plan_finds_the_noise_and_its_curve(tmp_path: Path) -> None:
     code, output = budget(*args, "--tolerance", "0.01", "--out", str(out))
     assert code == 0, output
     assert "noise multiplier σ =" in output and out.read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("version", [2, None, True])
+def test_verify_refuses_figures_written_in_an_unknown_format(copy: Path, version) -> None:
+    rows = [json.loads(line) for line in (copy / "metrics.jsonl").read_text().splitlines()]
+    rows[1]["format_version"] = version
+    (copy / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    summary = {**json.loads((copy / "summary.json").read_text()), "format_version": version}
+    (copy / "summary.json").write_text(json.dumps(summary))
+    code, output = budget("verify", str(copy))
+    assert code == 1
+    assert f"metrics.jsonl line 2: unreadable (format_version={version!r}, this fedsim reads 1" in " ".join(output.split())
+    assert f"summary.json: unreadable (format_version={version!r}, this fedsim reads 1" in " ".join(output.split())
+
+
+def test_verify_reads_figures_that_carry_the_current_format(copy: Path) -> None:
+    rows = [{**json.loads(line), "format_version": 1} for line in (copy / "metrics.jsonl").read_text().splitlines()]
+    (copy / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    code, output = budget("verify", str(copy))
+    assert code == 0, output

@@ -26,7 +26,7 @@ def test_config_json_round_trips_and_reads_a_file_written_before_versions():
     assert config_from_json(json.dumps(unversioned)) == config
 
 
-@pytest.mark.parametrize("version", [2, 0, "1", True])
+@pytest.mark.parametrize("version", [2, 0, "1", True, None])
 def test_config_json_of_an_unknown_version_is_refused(version):
     data = {**json.loads(RunConfig().to_json()), "format_version": version}
     with pytest.raises(ConfigError, match=r"format_version=.* is invalid: expected 1 \(a config.json this fedsim can read\)"):
