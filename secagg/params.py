@@ -41,6 +41,7 @@ __all__ = [
     "CORRECTNESS_BITS",
     "SECURITY_BITS",
     "SESSION_BYTES",
+    "THREAT_MODELS",
     "ProtocolParams",
     "binomial_cdf_below",
     "check_secagg_params",
@@ -49,6 +50,11 @@ __all__ = [
     "disconnection_bound",
     "hypergeometric_tail",
 ]
+
+THREAT_MODELS: tuple[str, ...] = ("semi-honest", "active")
+"""``semi-honest``: the server follows the protocol (it may be curious and collude with
+up to c clients); clients may be malicious. ``active``: the server may also deviate
+(substitute keys, lie about who dropped); clients need a PKI."""
 
 SESSION_BYTES: int = 16
 """A session id is 128 random bits chosen by the server per run."""
@@ -78,7 +84,9 @@ class ProtocolParams:
     elements per input; ``threshold``: Shamir t per neighbourhood (of N[u], k + 1
     holders, or all n for the complete graph); ``modulus_bits``: 32 or 64;
     ``neighbours``: SecAgg+ degree k (even) or None for the complete graph;
-    ``consistency_check``: run the Ed25519 ConsistencyCheck stage.
+    ``consistency_check``: run the Ed25519 ConsistencyCheck stage; ``active``: the
+    active-server threat model (:data:`THREAT_MODELS`): clients check every advertised
+    key against a PKI and the ConsistencyCheck runs, so it requires ``consistency_check``.
     Validated on construction (:meth:`validate`).
     """
 
@@ -90,6 +98,7 @@ class ProtocolParams:
     modulus_bits: int = 32
     neighbours: int | None = None
     consistency_check: bool = False
+    active: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -137,6 +146,10 @@ class ProtocolParams:
         _check_int("threshold", self.threshold, 1, self.neighbourhood_size)
         if not isinstance(self.consistency_check, bool):
             raise ValueError(f"consistency_check must be a bool, got {self.consistency_check!r}")
+        if not isinstance(self.active, bool):
+            raise ValueError(f"active must be a bool, got {self.active!r}")
+        if self.active and not self.consistency_check:
+            raise ValueError("active=True requires consistency_check=True (the active threat model signs the survivor set)")
 
     def digest(self) -> bytes:
         """SHA-256 of all fields (fixed-width encoding): equal iff the parameters are equal.
@@ -147,7 +160,7 @@ class ProtocolParams:
     @functools.cached_property
     def _digest(self) -> bytes:
         fields = struct.pack(
-            f">Q{len(self.client_ids)}QQQBQB",
+            f">Q{len(self.client_ids)}QQQBQBB",
             len(self.client_ids),
             *self.client_ids,
             self.dim,
@@ -155,6 +168,7 @@ class ProtocolParams:
             self.modulus_bits,
             0 if self.neighbours is None else self.neighbours,
             int(self.consistency_check),
+            int(self.active),
         )
         return hashlib.sha256(
             b"secagg/v1/params" + self.session + struct.pack(">Q", self.round_idx) + fields
