@@ -2,7 +2,9 @@
 
 A frame is one contiguous uint8 tensor: a fixed-size header, then a body of exactly the
 length the header announces (:mod:`fedsim.transport.relay` sends it). Never a pickle: a process
-that receives a frame parses these bytes and nothing else runs.
+that receives a frame parses these bytes and nothing else runs. The receiver reads the
+header alone first and checks the announced length against its limit for the frame's
+(kind, stage) (:data:`BodyLimit`) before it allocates the body.
 
 Header (24 bytes, big-endian)::
 
@@ -13,8 +15,8 @@ job's own frames) to byte strings, batching every virtual client a process hosts
 
     count u32 | count x (key u64 | length u64 | bytes) | "FEND"
 
-The end marker catches a body shorter than announced (gloo accepts a send shorter than
-the posted receive and leaves the rest of the buffer as it was).
+The end marker catches a body that is not the frame the header announced (a stream out
+of step, a truncated or corrupt sender).
 
 Received entries are read-only ``memoryview`` slices of the body (no copy: a masked
 input of 10^6 ring elements is 4 MB); ``bytes(entry)`` when a copy is wanted.
@@ -23,8 +25,8 @@ input of 10^6 ring elements is 4 MB); ``bytes(entry)`` when a copy is wanted.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 import numpy as np
 import torch
@@ -34,8 +36,10 @@ from fedsim.transport.vocabulary import FRAME_STAGES, Kind
 
 __all__ = [
     "HEADER_BYTES",
+    "BodyLimit",
     "Frame",
     "FrameError",
+    "FrameTooLarge",
     "decode_body",
     "decode_header",
     "encode_frame",
@@ -53,6 +57,14 @@ HEADER_BYTES: int = _HEADER.size
 
 class FrameError(FedsimError, ValueError):
     """Bytes that are not a well-formed frame; the message says what is wrong."""
+
+
+class FrameTooLarge(FrameError):
+    """A header announcing a body above the receiver's limit; the message names the limit."""
+
+
+BodyLimit = Callable[[Kind, str], int]
+"""The largest body a receiver accepts for a frame of this kind at this stage."""
 
 
 @dataclass(frozen=True)
@@ -104,8 +116,13 @@ class Header:
     body_bytes: int
 
 
-def decode_header(data: bytes | memoryview, max_body_bytes: int) -> Header:
-    """Parse and check a header; raise :class:`FrameError` naming what is wrong."""
+def decode_header(data: bytes | memoryview, max_body_bytes: int | BodyLimit) -> Header:
+    """Parse and check a header; raise :class:`FrameError` naming what is wrong.
+
+    ``max_body_bytes``: one limit for every frame, or a :data:`BodyLimit` asked with the
+    header's kind and stage once both are known good. A body above it raises
+    :class:`FrameTooLarge` (nothing of the body has been read or allocated yet).
+    """
     if len(data) != HEADER_BYTES:
         raise FrameError(f"header has {len(data)} bytes, expected {HEADER_BYTES}")
     magic, version, kind, stage, reserved, round_idx, size = _HEADER.unpack(data)
@@ -117,10 +134,18 @@ def decode_header(data: bytes | memoryview, max_body_bytes: int) -> Header:
         raise FrameError(f"unknown frame kind {kind}")
     if stage >= len(FRAME_STAGES) or reserved != 0:
         raise FrameError(f"bad stage byte {stage} or reserved byte {reserved}")
+    header = Header(Kind(kind), round_idx, FRAME_STAGES[stage], size)
     minimum = _COUNT.size + len(END_MARKER)
-    if not minimum <= size <= max_body_bytes:
-        raise FrameError(f"body length {size} outside [{minimum}, {max_body_bytes}]")
-    return Header(Kind(kind), round_idx, FRAME_STAGES[stage], size)
+    if size < minimum:
+        raise FrameError(f"body length {size} outside [{minimum}, ...]: shorter than an empty body")
+    limit = max_body_bytes if isinstance(max_body_bytes, int) else max_body_bytes(header.kind, header.stage)
+    if size > limit:
+        what = Frame(header.kind, round_idx, header.stage).describe()
+        raise FrameTooLarge(
+            f"body length {size} outside [{minimum}, {limit}]: {what} is over the limit of {limit} bytes "
+            f"for {header.kind.name} at {header.stage or 'no stage'}"
+        )
+    return header
 
 
 def decode_body(header: Header, body: torch.Tensor) -> Frame:

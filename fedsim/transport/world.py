@@ -1,12 +1,15 @@
-"""torch.distributed ranks, devices and groups.
+"""torch.distributed ranks, devices, and the rendezvous store.
 
 Rank 0 is the server; ranks 1..W-1 are clients (docs/architecture.md, "Process model"). With CUDA each
 rank trains on ``cuda:LOCAL_RANK``; without it on the CPU.
 
-All traffic is point-to-point between the server and one client, over gloo
-(:mod:`fedsim.transport.relay`), on GPU too: no collective over the whole world runs after start-up,
-because a collective waits for every rank and one dead client would hang it (an NCCL
-collective cannot even be abandoned). What travels is small (LoRA factors, the
+torch.distributed rendezvous the processes (``dist.rendezvous``; torchrun or the local
+launcher starts them); its store (:attr:`World.store`) is where the relay's server
+publishes its address. No process group is made (:func:`init_world` says why). All
+traffic then goes point to point between the server and one client over TCP sockets
+(:mod:`fedsim.transport.relay`), on GPU too: no collective over the whole world runs after
+start-up, because a collective waits for every rank and one dead client would hang it (an
+NCCL collective cannot even be abandoned). What travels is small (LoRA factors, the
 secure-aggregation messages, which are CPU-bound crypto anyway), so NCCL would buy little.
 """
 
@@ -20,12 +23,14 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from fedsim.transport.relay import relay_group
-
 logger = logging.getLogger(__name__)
 
 SERVER_RANK = 0
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+STORE_PREFIX = "fedsim"
+"""Keys of :attr:`World.store` live under this prefix of torch.distributed's store."""
 
 
 @dataclass(frozen=True)
@@ -36,7 +41,16 @@ class World:
     world_size: int
     local_rank: int
     device: torch.device
-    relay_group: dist.ProcessGroup
+    store: dist.Store
+    """The job's rendezvous key-value store: torch.distributed's (a TCPStore hosted by rank 0,
+    or by torchrun's agent), keys under ``fedsim/`` (and the torchrun restart count), its
+    timeout the world's start-up timeout. Every rank reaches it before any frame is sent:
+    the relay's server publishes its address there
+    (:data:`fedsim.transport.relay.ADDRESS_KEY`); a client process may publish what every
+    other must learn before the first round (its identity verify key). It is *not*
+    authenticated: any process of the world can read, add or overwrite any key, so a
+    reader must check what it reads (set once with ``compare_set(key, "", value)``,
+    re-read its own keys), and whoever trusts it trusts every rank's launcher."""
 
     @property
     def is_server(self) -> bool:
@@ -72,18 +86,31 @@ def init_world(
     init_method: str,
     timeout_s: float,
 ) -> World:
-    """Join the world (every rank within ``timeout_s``) and build the relay group.
+    """Join the world (every rank within ``timeout_s``): torch.distributed's rendezvous,
+    and its store kept as :attr:`World.store`.
 
-    The relay group's own gloo timeout never fires: the relay keeps its own deadlines
-    (:func:`fedsim.transport.relay.relay_group`).
+    ``dist.rendezvous`` is the public API ``init_process_group`` uses inside; rank 0's
+    TCPStore (or torchrun's agent's) waits for every rank. No process group is made: the
+    relay's sockets carry every frame, and an idle gloo group would still let a client
+    abort the server (gloo terminates a process that receives an unbound-buffer send it
+    did not post a receive for, ``gloo::EnforceNotMet`` in ``pair.cc``, on any pair, any
+    time). Code that wants a collective (a benchmark's baseline) makes its own group.
     """
     device = choose_device(local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     timeout = datetime.timedelta(seconds=timeout_s)
-    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world_size, timeout=timeout)
+    store, rank, world_size = next(dist.rendezvous(init_method, rank=rank, world_size=world_size, timeout=timeout))
+    store.set_timeout(timeout)
     logger.debug("rank %d/%d on %s", rank, world_size, device)
-    return World(rank, world_size, local_rank, device, relay_group())
+    return World(rank, world_size, local_rank, device, dist.PrefixStore(store_prefix(), store))
+
+
+def store_prefix() -> str:
+    """``fedsim``, plus torchrun's restart count when there is one: a restarted world
+    reuses the agent's store, and must not read the keys of the attempt before."""
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    return f"{STORE_PREFIX}/{restart}" if restart else STORE_PREFIX
 
 
 def init_from_torchrun(timeout_s: float) -> World:
@@ -98,6 +125,7 @@ def init_from_torchrun(timeout_s: float) -> World:
 
 
 def shutdown() -> None:
-    """Leave the process group if this process joined one (gloo: no wait on other ranks)."""
+    """Leave the world: destroy a process group if this process made one (gloo: no wait
+    on other ranks); the store closes with its last reference."""
     if dist.is_initialized():
         dist.destroy_process_group()

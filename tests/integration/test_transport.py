@@ -1,29 +1,44 @@
 """The relay and the stage driver, against a tiny fake protocol (the contract, not secagg).
 
-(Frames: tests/fedsim/transport/test_framing.py; dropout plans:
-tests/fedsim/secure_sum/test_dropouts.py, both in-process.) One world of 1 server + 4 client
-processes (gloo on 127.0.0.1) hosting 10 virtual clients runs a scripted sequence of
-rounds: clean, injected dropouts, a garbage header, a reply for a foreign client, a
-process killed mid-round, a process that stops answering. The server writes what it saw
-to a file that the tests below inspect.
+(Frames: tests/fedsim/transport/test_framing.py; the socket relay's attacks one by one, in
+one process: tests/fedsim/transport/test_relay.py; dropout plans:
+tests/fedsim/secure_sum/test_dropouts.py.) One world of 1 server + 4 client processes
+(rendezvous on 127.0.0.1, frames over the relay's sockets) hosting 10 virtual clients
+runs a scripted sequence of rounds: clean, injected dropouts, a garbage header, a reply
+for a foreign client, a process killed mid-round, a process that stops answering. The
+server writes what it saw to a file that the tests below inspect.
+
+A second world of 3 processes is issue 10's "a client can kill the server" in real
+processes: one client announces a 2^40-byte body, then opens a second connection
+claiming the honest client's rank; the server drops and refuses it, names why, finishes
+its rounds with the honest client and exits normally.
 """
 
 from __future__ import annotations
 
 import os
+import struct
 import time
+import traceback
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from fedsim.secure_sum.dropouts import DropoutPlan
-from fedsim.transport.framing import HEADER_BYTES, Frame
-from fedsim.transport.vocabulary import Kind
-from fedsim.transport.relay import FIRST_TAG, ClientRelay, Evicted, RelayError, ServerRelay
 from fedsim.secure_sum.stages import client_stages, server_stages
-from tests.support.gloo_world import run_world
+from fedsim.transport.framing import HEADER_BYTES, Frame, encode_frame
+from fedsim.transport.relay import (
+    ClientRelay,
+    Evicted,
+    RelayError,
+    ServerRelay,
+    connect_to_server,
+)
+from fedsim.transport.vocabulary import Kind
+from fedsim.transport.world import World, init_world, shutdown
+from tests.support.process_world import free_port, run_world
 
 # --- a fake protocol with the contract's shape ------------------------------------------
 
@@ -126,12 +141,12 @@ def _serve(relay: ServerRelay, out_dir: Path) -> None:
     torch.save(results, out_dir / "server.pt")
 
 
-def _misbehave(rank: int, round_idx: int, relay: ClientRelay, group) -> bool:
+def _misbehave(rank: int, round_idx: int, relay: ClientRelay) -> bool:
     """This process's scripted fault in this round, if any; True if it took the round over."""
     if (rank, round_idx) == (4, GARBAGE_ROUND):
         relay.receive(Kind.START)
         relay.receive(Kind.STAGE)
-        dist.isend(torch.zeros(HEADER_BYTES, dtype=torch.uint8), dst=0, group=group, tag=FIRST_TAG)
+        relay.link.send_raw(bytes(HEADER_BYTES))
         return True
     if (rank, round_idx) == (3, FOREIGN_ROUND):
         start = relay.receive(Kind.START)
@@ -141,10 +156,10 @@ def _misbehave(rank: int, round_idx: int, relay: ClientRelay, group) -> bool:
     return False
 
 
-def _participate(rank: int, relay: ClientRelay, group, out_dir: Path) -> None:
+def _participate(rank: int, relay: ClientRelay, out_dir: Path) -> None:
     plan = DropoutPlan(schedule=SCHEDULE)
     try:
-        _rounds(rank, relay, group, plan)
+        _rounds(rank, relay, plan)
         relay.receive(Kind.FINISH)
         outcome = "finished"
     except Evicted as exc:
@@ -155,9 +170,9 @@ def _participate(rank: int, relay: ClientRelay, group, out_dir: Path) -> None:
     (out_dir / f"client{rank}.txt").write_text(outcome)
 
 
-def _rounds(rank: int, relay: ClientRelay, group, plan: DropoutPlan) -> None:
+def _rounds(rank: int, relay: ClientRelay, plan: DropoutPlan) -> None:
     for round_idx in range(1, ROUNDS + 1):
-        if _misbehave(rank, round_idx, relay, group):
+        if _misbehave(rank, round_idx, relay):
             return
 
         def make_rounds(cohort, round_idx=round_idx):
@@ -173,11 +188,11 @@ def _rounds(rank: int, relay: ClientRelay, group, plan: DropoutPlan) -> None:
         client_stages(relay, make_rounds, round_idx=round_idx, drops=drops, refusal=FakeRefusal)
 
 
-def _worker(rank: int, group, out_dir: Path) -> None:
+def _worker(rank: int, store, out_dir: Path) -> None:
     if rank == 0:
-        _serve(ServerRelay(group, list(HOSTS), max_body_bytes=1 << 20), out_dir)
+        _serve(ServerRelay(store, list(HOSTS), max_body_bytes=1 << 20), out_dir)
     else:
-        _participate(rank, ClientRelay(group, 0, timeout_s=60.0), group, out_dir)
+        _participate(rank, ClientRelay(store, 0, timeout_s=60.0, rank=rank), out_dir)
 
 
 @pytest.fixture(scope="module")
@@ -240,3 +255,135 @@ def test_a_silent_process_is_dropped_at_the_deadline_and_evicted(world: dict) ->
     assert SILENT_ROUND + 1 not in world["server"]  # nobody left to run a round with
     assert world["clients"][1].startswith("evicted: the server dropped this process: no REPLY")
     assert world["exit_codes"][1] == 0
+
+
+# --- issue 10: a client tries to kill the server (3 processes) --------------------------
+
+ATTACK_ROUNDS = 3
+BOMB_ROUND = 2
+BOMB_BYTES = 1 << 40
+
+
+def _attack_serve(relay: ServerRelay, out_dir: Path) -> None:
+    relay.set_stage_limits({"ShareKeys": 64 * 1024})
+    rounds = {}
+    for round_idx in range(1, ATTACK_ROUNDS + 1):
+        for rank in relay.live:
+            relay.send(rank, Frame(Kind.STAGE, round_idx, "ShareKeys", {rank: b"ask"}))
+        rounds[round_idx] = sorted(relay.gather(list(relay.live), Kind.REPLY, round_idx, "ShareKeys", 30.0))
+    summary = {"rounds": rounds, "dropped": dict(relay.dropped)}
+    deadline = time.monotonic() + 30.0
+    while not relay.refused and time.monotonic() < deadline:  # the impostor's claim may come late
+        time.sleep(0.05)
+    summary["refused"] = list(relay.refused)
+    relay.close("attack test over", timeout_s=10.0)
+    torch.save(summary, out_dir / "attack_server.pt")  # the server lived to write its summary
+
+
+def _attack_client(rank: int, relay: ClientRelay, world: World, store_port: int, out_dir: Path) -> None:
+    outcome = "finished"
+    try:
+        while (frame := relay.receive(Kind.STAGE, Kind.FINISH)).kind == Kind.STAGE:
+            if rank == 2 and frame.round == BOMB_ROUND:
+                _attack(relay, world, store_port, frame, out_dir)
+                continue
+            relay.send(Frame(Kind.REPLY, frame.round, frame.stage, {rank: b"ok"}))
+    except Evicted as exc:
+        outcome = f"evicted: {exc}"
+    except RelayError as exc:
+        outcome = f"relay error: {exc}"
+    relay.close(timeout_s=5.0)
+    (out_dir / f"attack_client{rank}.txt").write_text(outcome)
+
+
+def _attack(relay: ClientRelay, world: World, store_port: int, stage: Frame, out_dir: Path) -> None:
+    """Rank 2's round: claim rank 1 on a second connection, write a gloo op that aborts a
+    gloo receiver (an unbound-buffer send nobody posted a receive for) and garbage on every
+    other socket this process holds, then announce a 2^40-byte reply on the relay."""
+    import psutil
+
+    impostor = connect_to_server(world.store, 1, timeout_s=30.0)
+    impostor.settimeout(30.0)
+    told = b""
+    while chunk := impostor.recv(4096):
+        told += chunk
+    (out_dir / "impostor.txt").write_bytes(told)
+    relay_port = relay.link._sock.getsockname()[1]
+    others = [c for c in psutil.Process().net_connections(kind="tcp") if c.raddr and c.status == "ESTABLISHED" and c.laddr.port != relay_port]
+    gloo_op = struct.pack("<6Q", 48 + 100, 1, 0x7E1, 0, 100, 0) + bytes(100)
+    for connection in others:
+        os.write(connection.fd, gloo_op + b"\xff" * 4096)
+    (out_dir / "other_sockets.txt").write_text(" ".join(str(c.raddr.port) for c in others))
+    relay.link.send_raw(_header(stage.round, stage.stage, BOMB_BYTES))
+
+
+def _header(round_idx: int, stage: str, body_bytes: int) -> bytes:
+    data = bytearray(encode_frame(Frame(Kind.REPLY, round_idx, stage))[:HEADER_BYTES].numpy().tobytes())
+    struct.pack_into(">Q", data, 16, body_bytes)
+    return bytes(data)
+
+
+def _attack_entry(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    """One rank of the attack world, joined as fedsim joins it (:func:`init_world`)."""
+    torch.set_num_threads(1)
+    world = init_world(rank=rank, world_size=world_size, local_rank=rank, init_method=f"tcp://127.0.0.1:{port}", timeout_s=60.0)
+    try:
+        if rank == 0:
+            _attack_serve(ServerRelay(world.store, [1, 2], max_body_bytes=1 << 20), Path(out_dir))
+        else:
+            _attack_client(rank, ClientRelay(world.store, 0, timeout_s=60.0, rank=rank), world, port, Path(out_dir))
+    except BaseException:
+        (Path(out_dir) / f"error{rank}.txt").write_text(traceback.format_exc())
+        raise
+    finally:
+        shutdown()
+
+
+@pytest.fixture(scope="module")
+def attack(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out_dir = tmp_path_factory.mktemp("attack")
+    port = free_port()
+    mp.get_context("forkserver").set_forkserver_preload([__name__])
+    context = mp.start_processes(_attack_entry, args=(3, port, str(out_dir)), nprocs=3, join=False, start_method="forkserver")
+    deadline = time.monotonic() + 120
+    while any(p.is_alive() for p in context.processes) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for process in context.processes:
+        if process.is_alive():
+            process.kill()
+    errors = {p.name: p.read_text() for p in out_dir.glob("error*.txt")}
+    assert not errors, errors
+    exit_codes = [p.exitcode for p in context.processes]
+    assert (out_dir / "attack_server.pt").is_file(), f"the server wrote no summary; exit codes {exit_codes}"
+    return {
+        "exit_codes": exit_codes,
+        "store_port": port,
+        "server": torch.load(out_dir / "attack_server.pt", weights_only=False),
+        "clients": {r: (out_dir / f"attack_client{r}.txt").read_text() for r in (1, 2)},
+        "impostor": (out_dir / "impostor.txt").read_bytes(),
+        "other_sockets": (out_dir / "other_sockets.txt").read_text().split(),
+    }
+
+
+def test_a_2_to_the_40_byte_header_drops_its_sender_and_the_server_finishes(attack: dict) -> None:
+    server = attack["server"]
+    assert attack["exit_codes"] == [0, 0, 0]  # the server process lived (gloo aborted it) and wrote its summary
+    assert server["rounds"] == {1: [1, 2], 2: [1], 3: [1]}
+    reason = server["dropped"][2]
+    assert f"oversized frame: body length {BOMB_BYTES}" in reason
+    assert "over the limit of 65536 bytes for REPLY at ShareKeys" in reason
+    assert attack["clients"][1] == "finished"
+    assert attack["clients"][2].startswith("evicted: the server dropped this process: oversized frame")
+
+
+def test_a_second_connection_claiming_a_taken_rank_is_refused(attack: dict) -> None:
+    assert any("claims rank 1, which is already connected" in why for why in attack["server"]["refused"])
+    assert b"the relay refused this connection" in attack["impostor"]  # told so in an EVICT frame
+    assert attack["server"]["rounds"][3] == [1]  # the honest rank 1 kept its link
+
+
+def test_no_gloo_pair_is_left_for_a_client_to_abort_the_server_through(attack: dict) -> None:
+    # rank 2 wrote a gloo unbound-buffer op and garbage on every socket it held besides the
+    # relay: only the store's (a gloo group would have had a pair to rank 0, and died of it)
+    assert attack["other_sockets"] == [str(attack["store_port"])]
+    assert attack["exit_codes"][0] == 0 and attack["server"]["rounds"][3] == [1]

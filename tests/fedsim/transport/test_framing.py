@@ -13,6 +13,7 @@ from fedsim.transport.framing import (
     HEADER_BYTES,
     Frame,
     FrameError,
+    FrameTooLarge,
     decode_body,
     decode_header,
     encode_frame,
@@ -34,7 +35,7 @@ def test_frame_roundtrip_batches_many_clients() -> None:
     frame = Frame(Kind.STAGE, 12, "ShareKeys", entries)
     assert _roundtrip(frame) == frame
     assert _roundtrip(Frame(Kind.BYE)) == Frame(Kind.BYE)
-    big = Frame(Kind.REPLY, 2, "MaskedInputCollection", {3: os.urandom(200_000)})  # more than one gloo message
+    big = Frame(Kind.REPLY, 2, "MaskedInputCollection", {3: os.urandom(200_000)})  # a large body, encoded into a reused buffer
     reused = torch.empty(1 << 19, dtype=torch.uint8)
     data = encode_frame(big, reused)
     assert data.data_ptr() == reused.data_ptr() and _roundtrip(big) == big
@@ -81,3 +82,25 @@ def test_id_lists_must_be_sorted_distinct_and_positive() -> None:
             unpack_ids(pack_ids(bad), "cohort")
     with pytest.raises(FrameError, match="whole number"):
         unpack_ids(b"\x00" * 7, "cohort")
+
+
+def test_a_limit_per_kind_and_stage_is_asked_only_once_the_header_is_sound() -> None:
+    asked = []
+
+    def limit(kind: Kind, stage: str) -> int:
+        asked.append((kind, stage))
+        return 64 * 1024 if stage == "ShareKeys" else 1 << 30
+
+    def header(stage: str, size: int) -> bytes:
+        data = bytearray(encode_frame(Frame(Kind.REPLY, 3, stage))[:HEADER_BYTES].numpy().tobytes())
+        struct.pack_into(">Q", data, 16, size)
+        return bytes(data)
+
+    assert decode_header(header("MaskedInputCollection", 10 << 20), limit).body_bytes == 10 << 20
+    with pytest.raises(FrameTooLarge, match="REPLY round 3 ShareKeys is over the limit of 65536 bytes for REPLY at ShareKeys"):
+        decode_header(header("ShareKeys", 10 << 20), limit)
+    with pytest.raises(FrameError, match="bad magic"):
+        decode_header(b"XXXX" + header("ShareKeys", 1 << 40)[4:], limit)
+    assert asked == [(Kind.REPLY, "MaskedInputCollection"), (Kind.REPLY, "ShareKeys")]
+    with pytest.raises(FrameError, match="shorter than an empty body"):
+        decode_header(header("ShareKeys", 7), limit)

@@ -1,4 +1,4 @@
-"""A small world of processes over gloo on 127.0.0.1 for multi-process tests of the relay.
+"""A small world of processes on 127.0.0.1 (``init_world``: rendezvous store, relay sockets) for multi-process tests.
 
 Forkserver start: one fresh interpreter imports torch and the test module once (it runs
 no torch op, so no threads exist when it forks); the ranks start from it in about a
@@ -7,7 +7,6 @@ second instead of importing torch each (spawn: ~15 s on a small machine).
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 import traceback
@@ -18,9 +17,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from fedsim.transport.relay import relay_group
+from fedsim.transport.world import init_world, shutdown
 
-Worker = Callable[[int, dist.ProcessGroup, Path], None]
+Worker = Callable[[int, dist.Store, Path], None]
 
 
 def free_port() -> int:
@@ -31,20 +30,18 @@ def free_port() -> int:
 
 def _entry(rank: int, worker: Worker, world_size: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
-    group = relay_group()
+    world = init_world(rank=rank, world_size=world_size, local_rank=rank, init_method=f"tcp://127.0.0.1:{port}", timeout_s=60.0)
     try:
-        worker(rank, group, Path(out_dir))
+        worker(rank, world.store, Path(out_dir))
     except BaseException:
         (Path(out_dir) / f"error{rank}.txt").write_text(traceback.format_exc())
         raise
     finally:
-        dist.destroy_process_group()
+        shutdown()
 
 
 def run_world(module: str, worker: Worker, world_size: int, out_dir: Path, timeout_s: float) -> list[int]:
-    """Run ``worker(rank, relay_group, out_dir)`` on every rank; return the exit codes.
+    """Run ``worker(rank, store, out_dir)`` on every rank; return the exit codes.
 
     Fails the test if the world outlives ``timeout_s`` or a rank raised (its traceback
     is in the message). ``module``: the test module that defines ``worker``.
