@@ -3,8 +3,9 @@
 Every :class:`~fedsim.config.RunConfig` field with help in :data:`fedsim.options.FIELD_OPTIONS`
 becomes one option of ``fedsim run`` (its names, help, default from ``RunConfig`` and its
 allowed values), so a new field needs no edit here. The few options that are not fields
-(``--config``, ``--drop``, ``--verbose``) are declared below. :func:`start_job` writes the
-config, launches the world and renders progress, for ``run`` and ``compare`` alike.
+(``--config``, ``--drop``, ``--dry-run``, ``--verbose``) are declared below. :func:`start_job`
+writes the config, launches the world and renders progress, for ``run`` and ``compare``
+alike; :func:`dry_run_report` is what ``--dry-run`` prints instead.
 """
 
 from __future__ import annotations
@@ -44,7 +45,11 @@ Examples:
 
   torchrun --nproc-per-node=5 -m fedsim run --config job.toml
 
+  fedsim run --secagg-graph sparse --population 1000 --cohort fixed --cohort-size 100 --dry-run
+
 Outputs go to --run-dir; `fedsim budget show RUN_DIR` re-derives every ε from its ledger.
+--dry-run prints the resolved configuration (with the secure sum's threshold and neighbours
+for the planned cohort) as JSON and starts nothing.
 """
 
 
@@ -69,7 +74,8 @@ def _option(name: str, annotation: Any, *flags: str, help: str) -> inspect.Param
 
 
 def run_parameters() -> list[inspect.Parameter]:
-    """The signature of ``fedsim run``: ``--config``, one option per table row with help, ``--drop``, ``--verbose``."""
+    """The signature of ``fedsim run``: ``--config``, one option per table row with help, ``--drop``,
+    ``--dry-run``, ``--verbose``."""
     params = [_option("config_file", Optional[Path], "--config", "-c", help="TOML file whose top-level keys are run options (underscored names); options given here override it.")]
     for option in FIELD_OPTIONS:
         if option.help:
@@ -77,21 +83,82 @@ def run_parameters() -> list[inspect.Parameter]:
         if option.field == "dropout_stages":
             params.append(_option("drop", Optional[list[str]], "--drop", help="Inject one dropout exactly: ROUND:STAGE:CLIENT[,CLIENT...], e.g. 2:MaskedInputCollection:3. Repeatable; adds to dropout_schedule of --config."))
     params.append(inspect.Parameter(
+        "dry_run", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+        default=typer.Option(
+            False, "--dry-run",
+            help="Validate and resolve the configuration, print it as one JSON object (with the secure sum's threshold and neighbours for the planned cohort) and exit; starts no process, loads no model or dataset.",
+        ),
+    ))
+    params.append(inspect.Parameter(
         "verbose", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
         default=typer.Option(False, "--verbose", "-v", help="Log protocol details."),
     ))
     return params
 
 
-def run_command(*, config_file: Optional[Path], drop: Optional[list[str]], verbose: bool, **fields: Any) -> None:
+def dry_run_report(config: RunConfig) -> dict[str, Any]:
+    """What ``fedsim run --dry-run`` prints: the checked config and the secure sum it plans.
+
+    Runs the checks that need neither data nor processes (:func:`fedsim.preflight.check_model`,
+    :func:`fedsim.preflight.check_secure_aggregation`; a bad value raises
+    :class:`~fedsim.config.ConfigError`), then sizes the secure sum for the planned cohort:
+    everyone (``all``), ``cohort_size`` (``fixed``), or the expected size of a Poisson cohort
+    (each round is then sized for the cohort it draws). ``target_epsilon`` is not calibrated
+    (that needs the shard sizes, so the dataset): the configured ``noise_multiplier`` is shown.
+    """
+    from fedsim.population import cohort_sampling
+    from fedsim.preflight import check_model, check_secure_aggregation
+    from fedsim.secure_sum.config import secure_sum_config
+    from secagg.params import collusion_count
+
+    check_model(config)
+    check_secure_aggregation(config)
+    settings = secure_sum_config(config)
+    sampling = cohort_sampling(config)
+    cohort = sampling.expected_size(config.population_size)
+    threshold, neighbours = settings.shape(cohort)
+    notes = []
+    if config.cohort == "poisson" and config.cohort_rate < 1:
+        notes.append(
+            f"cohort is Poisson at rate {config.cohort_rate:g}: sizes vary per round; secure_sum is shown for the "
+            f"expected size {cohort}, and each round is sized for the cohort it draws"
+        )
+    if config.target_epsilon is not None:
+        notes.append(
+            "target_epsilon is set: noise_multiplier is calibrated at run start from the shard sizes "
+            "(needs the dataset); the configured value is shown"
+        )
+    secure_sum = {
+        "cohort": cohort,
+        "cohort_rule": config.cohort,
+        "cohort_size_expected": config.cohort == "poisson" and config.cohort_rate < 1,
+        "graph": "full" if neighbours is None else "sparse",
+        "threshold": threshold,
+        "neighbours": neighbours,
+        "threat_model": settings.threat_model,
+        "consistency_check": settings.consistency_check or settings.active,
+        "max_dropout": settings.max_dropout,
+        "dropout_rate": settings.dropout_rate,
+        "collusion": collusion_count(cohort, settings.collusion),
+        "max_abort_probability": settings.max_abort_probability,
+        "modulus_bits": settings.modulus_bits,
+        "frac_bits": settings.codec(cohort).frac_bits,
+    }
+    return {"dry_run": True, "config": json.loads(config.to_json()), "secure_sum": secure_sum, "notes": notes}
+
+
+def run_command(
+    *, config_file: Optional[Path], drop: Optional[list[str]], dry_run: bool, verbose: bool, **fields: Any
+) -> None:
     from fedsim.config import ConfigError, build_config, load_config_file, parse_drops
-    from fedsim.launch import configure_process_logging
-    from fedsim.preflight import preflight
     from fedsim.transport.world import torchrun_world_size, under_torchrun
 
     torchrun = under_torchrun()
     rank = int(os.environ["RANK"]) if torchrun else None
-    configure_process_logging(logging.DEBUG if verbose else logging.WARNING, rank)
+    if not dry_run:  # --dry-run imports nothing that runs a rank
+        from fedsim.launch import configure_process_logging
+
+        configure_process_logging(logging.DEBUG if verbose else logging.WARNING, rank)
     file_values = load_config_file(config_file) if config_file else {}
     if torchrun:
         world_clients = torchrun_world_size() - 1
@@ -103,7 +170,16 @@ def run_command(*, config_file: Optional[Path], drop: Optional[list[str]], verbo
     if fields["run_dir"] is not None:
         fields["run_dir"] = str(fields["run_dir"])
     try:
-        config = preflight(build_config(file_values, **fields))
+        config = build_config(file_values, **fields)
+        if dry_run:
+            if config.run_dir is not None:
+                check_run_dir(Path(config.run_dir))
+            if rank in (None, 0):
+                typer.echo(json.dumps(dry_run_report(config)))
+            return
+        from fedsim.preflight import preflight
+
+        config = preflight(config)
     except TypeError as exc:  # a value of a type no rule expected
         fail(str(exc))
     if config.target_epsilon is not None:
@@ -122,6 +198,12 @@ run_command.__signature__ = inspect.Signature(run_parameters())  # what typer re
 run_command.__doc__ = RUN_HELP
 
 
+def check_run_dir(out: Path) -> None:
+    """Exit 2 unless ``out`` is a new or empty directory."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        fail(f"run_dir={str(out)!r} is invalid: expected a new or empty directory")
+
+
 def start_job(config: RunConfig, out: Path, *, torchrun: bool = False, is_server: bool = True) -> list[MethodSummary]:
     """Write ``config.json`` to a new ``out`` (server only), run the job with progress, return the summaries.
 
@@ -131,8 +213,7 @@ def start_job(config: RunConfig, out: Path, *, torchrun: bool = False, is_server
     from fedsim.launch import launch_local, launch_torchrun
 
     if is_server:
-        if out.exists() and any(out.iterdir()):
-            fail(f"run_dir={str(out)!r} is invalid: expected a new or empty directory")
+        check_run_dir(out)
         out.mkdir(parents=True, exist_ok=True)
         (out / CONFIG_FILE).write_text(config.to_json())
     try:

@@ -86,9 +86,14 @@ class RunConfig:
     secagg_neighbours: int | None = None
     secagg_threshold: int | float | None = None
     secagg_collusion: int | float = 0
+    # Threat model (secagg.params.THREAT_MODELS) and the declared bound on real dropouts per
+    # round (a fraction of the cohort) that, with the injected rate, sizes t and k.
+    secagg_threat_model: str = "semi-honest"
+    secagg_max_dropout: float = 0.1
     secagg_max_abort_probability: float = 2.0**-20
     secagg_timeout_s: float = 60.0
-    secagg_consistency_check: bool = False
+    # None: on under the active threat model, off under semi-honest (resolved on construction).
+    secagg_consistency_check: bool | None = None
     # Injected dropouts (real ones need no setting: a process that dies or stays silent is dropped).
     dropout_rate: float = 0.0
     dropout_stages: tuple[str, ...] = DROPOUT_STAGES
@@ -107,6 +112,8 @@ class RunConfig:
             if isinstance(getattr(self, name), str):  # from the command line: "3" or "0.5"
                 object.__setattr__(self, name, parse_count_or_fraction(name, getattr(self, name)))
         object.__setattr__(self, "dropout_schedule", parse_dropout_schedule(self.dropout_schedule))
+        if self.secagg_consistency_check is None:  # the threat model decides
+            object.__setattr__(self, "secagg_consistency_check", self.secagg_threat_model == "active")
         validate(self)
 
     @property
@@ -183,6 +190,11 @@ def validate(config: RunConfig) -> None:
     _check(c.population is None or (is_int(c.population) and c.num_clients <= c.population <= 1_000_000), "population", c.population, f"None or an integer in [num_clients={c.num_clients}, 1000000]")
     _check(c.cohort != "fixed" or (is_int(c.cohort_size) and 2 <= c.cohort_size <= c.population_size), "cohort_size", c.cohort_size, f"an integer in [2, population={c.population_size}] when cohort = 'fixed'")
     _check(c.secagg_neighbours is None or c.secagg_graph == "sparse", "secagg_neighbours", c.secagg_neighbours, "None unless secagg_graph = 'sparse'")
+    _check(
+        c.secagg_consistency_check or c.secagg_threat_model != "active",
+        "secagg_consistency_check", c.secagg_consistency_check,
+        "true (or unset) under secagg_threat_model = 'active', whose guarantees rest on the signed survivor set",
+    )
 
 
 FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(RunConfig))

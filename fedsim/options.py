@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping
 
 from fedsim.methods.registry import METHOD_NAMES
 from fedsim.transport.vocabulary import DROPOUT_STAGES
+from secagg.threat_models import THREAT_MODELS
 
 __all__ = [
     "BUNDLED_TEXT_MODEL",
@@ -27,6 +28,7 @@ __all__ = [
     "PARTITIONS",
     "SECAGG_GRAPHS",
     "SECAGG_MODULUS_BITS",
+    "SECAGG_THREAT_MODELS",
     "TEXT_DATASETS",
     "FieldOption",
     "Rule",
@@ -35,6 +37,7 @@ __all__ = [
 COHORTS = ("all", "poisson", "fixed")
 SECAGG_GRAPHS = ("full", "sparse")
 SECAGG_MODULUS_BITS = (32, 64)
+SECAGG_THREAT_MODELS = THREAT_MODELS
 PARTITIONS = ("iid", "dirichlet")
 OPTIMIZERS = ("adamw", "sgd")
 BUNDLED_TEXT_MODEL = "all-MiniLM-L6-v2"
@@ -159,24 +162,29 @@ FIELD_OPTIONS: tuple[FieldOption, ...] = (
     FieldOption("max_length", integers(4, 512), "Text: tokens per example (pad/truncate).", cli_type=int),
     FieldOption("secagg_clip_range", reals("a number in (0, 1e4]", lambda v: 0 < v <= 1e4), "Secure aggregation: each update coordinate is clipped to ±R before fixed-point encoding.", cli_type=float),
     FieldOption("secagg_threshold", _THRESHOLD,
-                "Shamir threshold t: how many holders must help to rebuild a dropped client's mask key or a survivor's self-mask seed. A count (3) or a fraction of each neighbourhood (0.6). Above the collusion bound, below the expected survivors. Default: the largest safe honest majority for the dropout rate and collusion bound.",
+                "Shamir threshold t: how many holders must help to rebuild a dropped client's mask key or a survivor's self-mask seed. A count (3) or a fraction of each neighbourhood (0.6). Refused: t = 1; t <= c + 1 on the full graph (one update would be released); t <= (s + c)/2 under --secagg-threat-model active; a t that too few survive at the injected dropout rate. Default: an honest majority of each neighbourhood, raised to the smallest safe value.",
                 show_default=False),
     FieldOption("secagg_graph", one_of(SECAGG_GRAPHS), "Who masks with whom: full (every pair, Bonawitz et al. 2017: O(n) work per client) or sparse (a random k-regular graph, SecAgg+, Bell et al. 2020: O(log n))."),
     FieldOption("secagg_neighbours", optional(Rule(lambda v: is_int(v) and v >= 2 and v % 2 == 0, "an even integer >= 2"), none="None (chosen for the cohort) or "),
-                "SecAgg+ degree k (even) for --secagg-graph sparse. Default: the smallest k that keeps colluders below t and the survivors connected.", cli_type=int, show_default=False),
+                "SecAgg+ degree k (even) for --secagg-graph sparse. Default: the smallest k that keeps colluders below t - 1 in every neighbourhood and the honest survivors connected after --secagg-max-dropout real dropouts (or the injected rate, if larger), except with probability 2^-40.", cli_type=int, show_default=False),
     FieldOption("secagg_modulus_bits", Rule(lambda v: is_int(v) and v in SECAGG_MODULUS_BITS, f"one of {SECAGG_MODULUS_BITS}"),
                 "Ring Z_(2^k) of the masked sums: 32 or 64 (more headroom for large cohorts or clip ranges, twice the traffic).", cli_type=int),
-    FieldOption("secagg_collusion", _COLLUSION, "Clients that may collude with the server: a count (2) or a fraction of the cohort (0.2). The threshold must exceed it."),
+    FieldOption("secagg_collusion", _COLLUSION, "Clients that may collude with the server: a count (2) or a fraction of the cohort (0.2). The full graph needs t >= c + 2."),
+    FieldOption("secagg_threat_model", one_of(SECAGG_THREAT_MODELS),
+                "semi-honest: the server follows the protocol and may collude with up to --secagg-collusion clients; while real dropouts stay within --secagg-max-dropout it learns only sums of at least 2 honest clients' updates (except with probability 2^-40). It is NOT protected against a server that lies about who dropped or substitutes public keys (clients trust the keys it relays). "
+                "active: every client has a long-term Ed25519 identity key; verify keys come from the launcher's rendezvous store, not the server; key adverts and the survivor set are signed (ConsistencyCheck on); t > (n + c)/2 in every neighbourhood (Bonawitz et al. 2017, Sec. 6). Slower; assumes the rendezvous store is not controlled by the server."),
+    FieldOption("secagg_max_dropout", reals("a fraction in [0, 0.5]", lambda v: 0 <= v <= 0.5),
+                "Declared bound on real (not injected) dropouts per round, a fraction of the cohort, used with the injected rate (the larger wins) to size t and k so that up to that many deaths never release a partial sum. Rounds with more real deaths are outside the guarantee.", cli_type=float),
     FieldOption("secagg_max_abort_probability", reals("a probability in (0, 1)", lambda v: 0 < v < 1),
                 "Accepted chance that a round aborts for lack of survivors; small cohorts with dropouts need more than the default 2^-20.", cli_type=float, show_default=False),
     FieldOption("secagg_timeout_s", reals("seconds in [0.1, 86400]", lambda v: 0.1 <= v <= 86_400),
                 "Seconds the server waits for a client process's reply to one protocol stage; a process that misses it is dropped for the rest of the run.",
                 flags=("--secagg-timeout",), cli_type=float),
     FieldOption("secagg_consistency_check", Rule(lambda v: isinstance(v, bool), "true or false"),
-                "Add the ConsistencyCheck stage: clients sign the survivor set (Ed25519) so a server that lies about who dropped is caught.",
+                "Add the ConsistencyCheck stage: clients sign the survivor set (Ed25519) before revealing shares. Under --secagg-threat-model semi-honest (no PKI: the server relays the verify keys) it only checks that the survivors agree on what the server told them; it does not catch a server that lies about who dropped. On, and required, under --secagg-threat-model active, where the keys come from the PKI. Default: on under active, off under semi-honest.",
                 flags=("--secagg-consistency-check/--no-secagg-consistency-check",), cli_type=bool, show_default=False),
     FieldOption("dropout_rate", reals("a probability in [0, 1) per stage", lambda v: 0 <= v < 1),
-                "Inject dropouts: at each stage in --dropout-stages each client still in the round goes silent with this probability (seeded by --seed). The protocol's threshold is chosen to tolerate it.", cli_type=float),
+                "Inject dropouts: at each stage in --dropout-stages each client still in the round goes silent with this probability (seeded by --seed). The threshold is sized so that rounds rarely abort at this rate (--secagg-max-abort-probability); privacy is sized for its per-round probability too when that exceeds --secagg-max-dropout.", cli_type=float),
     FieldOption("dropout_stages", _STAGES, "Comma-separated protocol stages where --dropout-rate applies: AdvertiseKeys, ShareKeys, MaskedInputCollection, ConsistencyCheck, Unmasking (default: all).", show_default=False),
     FieldOption("timeout_s", reals("seconds in [10, 86400]", lambda v: 10 <= v <= 86_400),
                 "Seconds the server waits for a client process's local training (and ranks wait at start-up) before dropping it or failing.",

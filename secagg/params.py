@@ -5,26 +5,43 @@ sends its digest in AdvertiseKeys; a client with other parameters refuses).
 
 :func:`check_secagg_params` validates a threshold t and a graph degree k (None: the
 complete graph of Bonawitz et al., CCS 2017; an even k: the random Harary graph of
-Bell et al., CCS 2020) against the cohort size n, the expected dropout rate delta
-(probability that a client drops at some point of the round, independently) and the
-collusion bound c (clients that may collude with the server; chosen independently of
-the round's graph).  The conditions, with a neighbourhood of u being N(u) and the
-shares of u's secrets held by N[u] = N(u) + {u}:
+Bell et al., CCS 2020) against the cohort size n, the collusion bound c (clients that
+may collude with the server, chosen independently of the round's graph), a declared
+bound ``max_dropout`` on *real* dropouts per round (a fraction of the cohort) and the
+*injected* dropout rate delta (probability that a client drops at some point of the
+round, independently).  Privacy uses rho = max(delta, max_dropout), i.e. up to
+D = floor(rho * n) dropped clients; correctness uses delta only.  With the shares of
+u's secrets held by N[u] = N(u) + {u} (k + 1 holders; all n for the complete graph):
 
+- t >= 2 always: with t = 1 an honest server that hears from one survivor learns its
+  update.
 - privacy, complete graph (Bonawitz et al. 2017, Thm. 6.2, honest-but-curious):
-  t > c, so the colluders' shares never reach the threshold;
-- privacy, sparse graph (Bell et al. 2020, Sec. 4): the colluders among the k
-  neighbours of any honest client stay below t except with probability
-  n * P[Hypergeometric(n - 1, c, k) >= t] <= 2^-SECURITY_BITS; and the honest
-  survivors stay connected (else the server learns sums of parts of them): in the
-  Harary graph the rest stays connected unless a run of k/2 consecutive ring
-  positions is all removed, probability <= n * (delta + c/n)^(k/2) <= 2^-SECURITY_BITS;
+  t >= c + 2.  The sum is released only when t survive; with c colluders among them,
+  t = c + 1 leaves one honest update, which the colluders subtract out.
+- privacy, sparse graph (Bell et al. 2020, Sec. 4): (a) the colluders among the k
+  neighbours of any client stay <= t - 2, so every neighbourhood that reaches t
+  survivors holds >= 2 honest clients (and colluders never reach t shares):
+  n * P[Hypergeometric(n - 1, c, k) >= t - 1] <= 2^-SECURITY_BITS; (b) the honest
+  survivors stay connected (else the server recovers the sum of each part):
+  :func:`disconnection_bound` <= 2^-SECURITY_BITS with D + c clients removed.
+- active threat model (Bonawitz et al. 2017, Sec. 6): t > (s + c') / 2, with s the
+  neighbourhood size (n, or k + 1) and c' = c (complete) or min(c, k + 1) (sparse), so
+  two stories about who dropped cannot both gather t honest ConsistencyCheck signatures.
 - correctness (the round completes): every secret to reconstruct has t surviving
-  holders; with a holder surviving with probability 1 - delta, the failure
-  probability n * P[Binomial(k, 1 - delta) < t] (P[Binomial(n - 1, 1 - delta) < t]
-  for the complete graph, where all neighbourhoods coincide) is <= 2^-CORRECTNESS_BITS.
+  holders among N[u] (u holds a share of its own); with each alive at Unmasking with
+  probability 1 - delta, the failure probability n * P[Binomial(k + 1, 1 - delta) < t]
+  (P[Binomial(n, 1 - delta) < t] for the complete graph, where all neighbourhoods
+  coincide) is <= 2^-CORRECTNESS_BITS.
+  This is availability, not privacy: it is sized on the injected rate only, so a
+  small round with real dropouts aborts more often than that (a 4-client round cannot
+  promise 2^-20 aborts at 10% real dropouts) but never releases an unsafe sum.
 
-These are union bounds: the true failure probabilities are smaller.
+These are union bounds: the true failure probabilities are smaller.  The real-dropout
+bound is declared, not enforced: a round where more than D clients really drop is
+outside the guarantee (so are injected dropouts above floor(delta * n) in one round).
+(a) and (b) assume the colluders and the dropouts do not depend on the graph; an active
+server picks the session id the graph is derived from (:mod:`secagg.graph`) and who
+"drops", hence the worst case c' = min(c, k + 1) in the active condition.
 """
 
 from __future__ import annotations
@@ -36,6 +53,7 @@ import struct
 from dataclasses import dataclass
 
 from secagg.encoding import SUPPORTED_MODULUS_BITS
+from secagg.threat_models import THREAT_MODELS
 
 __all__ = [
     "CORRECTNESS_BITS",
@@ -46,15 +64,14 @@ __all__ = [
     "binomial_cdf_below",
     "check_secagg_params",
     "choose_secagg_params",
+    "choose_threshold",
     "collusion_count",
     "disconnection_bound",
     "hypergeometric_tail",
+    "removed_count",
+    "smallest_safe_neighbours",
+    "smallest_safe_threshold",
 ]
-
-THREAT_MODELS: tuple[str, ...] = ("semi-honest", "active")
-"""``semi-honest``: the server follows the protocol (it may be curious and collude with
-up to c clients); clients may be malicious. ``active``: the server may also deviate
-(substitute keys, lie about who dropped); clients need a PKI."""
 
 SESSION_BYTES: int = 16
 """A session id is 128 random bits chosen by the server per run."""
@@ -198,18 +215,30 @@ def binomial_cdf_below(trials: int, p: float, t: int) -> float:
 def hypergeometric_tail(population: int, marked: int, draws: int, t: int) -> float:
     """P[X >= t] for X ~ Hypergeometric(population, marked, draws): t marked among draws."""
     log_total = _log_comb(population, draws)
-    low, high = max(t, draws - (population - marked)), min(marked, draws)
+    low, high = max(0, t, draws - (population - marked)), min(marked, draws)
     return math.fsum(
         math.exp(_log_comb(marked, i) + _log_comb(population - marked, draws - i) - log_total)
         for i in range(low, high + 1)
     )
 
 
-def disconnection_bound(n: int, degree: int, removed_fraction: float) -> float:
-    """n * rho^(k/2): a union bound on some run of k/2 consecutive ring positions of the
-    Harary graph being all removed, each independently with probability rho (the honest
-    survivors can only disconnect when two such runs exist)."""
-    return min(1.0, n * removed_fraction ** (degree // 2))
+def disconnection_bound(n: int, degree: int, removed: int) -> float:
+    """n * C(removed, k/2) / C(n, k/2): a union bound on the honest survivors of the
+    Harary graph H(n, k) splitting when ``removed`` clients (dropped or colluding) are
+    taken out (Bell et al., CCS 2020, Sec. 4).
+
+    Ring positions come from a uniformly random permutation that the removed set does
+    not depend on, so a given run of k/2 consecutive positions is all removed with
+    probability C(removed, k/2) / C(n, k/2) (drawn without replacement; Bell et al.'s
+    n * rho^(k/2) is its with-replacement form).  The survivors stay connected unless
+    some such run is all removed (two are needed), whence the union over the n runs.
+    """
+    half = degree // 2
+    if removed < half:
+        return 0.0
+    if removed >= n:
+        return 1.0
+    return min(1.0, n * math.exp(_log_comb(removed, half) - _log_comb(n, half)))
 
 
 def collusion_count(cohort: int, collusion: int | float) -> int:
@@ -224,20 +253,223 @@ def collusion_count(cohort: int, collusion: int | float) -> int:
     return _check_int("collusion", collusion, 0, cohort - 1)
 
 
+def removed_count(cohort: int, dropout_fraction: float, colluders: int) -> int:
+    """Clients out of the honest survivors' graph: floor(rho * n) dropped plus the colluders."""
+    return min(cohort, math.floor(dropout_fraction * cohort + 1e-9) + colluders)
+
+
 def _check_probability(value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
         raise ValueError(f"max_abort_probability must be a real in (0, 1), got {value!r}")
     return float(value)
 
 
+def _check_rate(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(f"{name} must be a real in [0, 1), got {value!r}")
+    return float(value)
+
+
 def _check_dropout(dropout_rate: float) -> float:
-    if (
-        isinstance(dropout_rate, bool)
-        or not isinstance(dropout_rate, (int, float))
-        or not 0 <= dropout_rate < 1
-    ):
-        raise ValueError(f"dropout_rate must be a real in [0, 1), got {dropout_rate!r}")
-    return float(dropout_rate)
+    return _check_rate("dropout_rate", dropout_rate)
+
+
+def _check_bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be a bool, got {value!r}")
+    return value
+
+
+def _check_degree(n: int, neighbours: int | None) -> int | None:
+    """The validated degree, or None for the complete graph (a degree >= n - 1 is complete)."""
+    if neighbours is None:
+        return None
+    _check_int("neighbours", neighbours, 2, max(2, n - 1))
+    if neighbours % 2 or neighbours > n - 1:
+        raise ValueError(f"neighbours must be an even int in [2, {n - 1}] (cohort {n}), got {neighbours}")
+    return neighbours if neighbours < n - 1 else None
+
+
+# --- the conditions ----------------------------------------------------------------------
+
+_SECURITY = 2.0**-SECURITY_BITS
+
+
+def _size(n: int, k: int | None) -> int:
+    return n if k is None else k + 1
+
+
+def _active_floor(n: int, k: int | None, c: int) -> int:
+    """The smallest t > (s + c') / 2 (Bonawitz et al. 2017, Sec. 6); on the sparse graph
+    c' = min(c, k + 1): an active server may place every colluder in one neighbourhood."""
+    s = _size(n, k)
+    return (s + (c if k is None else min(c, s))) // 2 + 1
+
+
+def _collusion_leak(n: int, k: int, c: int, t: int) -> float:
+    """n * P[Hypergeometric(n - 1, c, k) >= t - 1]: colluders reach t - 1 among some N(u)."""
+    return min(1.0, n * hypergeometric_tail(n - 1, c, k, t - 1)) if c else 0.0
+
+
+def _abort_probability(n: int, k: int | None, delta: float, t: int) -> float:
+    """Union bound on some secret lacking t surviving holders: the holders of u's
+    secrets are N[u] (u holds a share of its own), each alive at Unmasking w.p. 1 - delta."""
+    if k is None:
+        return binomial_cdf_below(n, 1 - delta, t)
+    return min(1.0, n * binomial_cdf_below(k + 1, 1 - delta, t))
+
+
+def _first(low: int, high: int, holds) -> int | None:
+    """The smallest x in [low, high] where ``holds`` (monotone: false, then true), or None."""
+    if low > high or not holds(high):
+        return None
+    while low < high:
+        mid = (low + high) // 2
+        if holds(mid):
+            high = mid
+        else:
+            low = mid + 1
+    return low
+
+
+def _safe_threshold(n: int, k: int | None, c: int, active: bool) -> int | None:
+    low = max(2, c + 2 if k is None else 2, _active_floor(n, k, c) if active else 2)
+    if k is None:
+        return low if low <= n else None
+    return _first(low, k + 1, lambda t: _collusion_leak(n, k, c, t) <= _SECURITY)
+
+
+def _live_threshold(n: int, k: int | None, delta: float, abort: float) -> int:
+    """The largest t whose abort probability is <= ``abort`` (0 if none)."""
+    size = _size(n, k)
+    last_dead = _first(1, size, lambda t: _abort_probability(n, k, delta, t) > abort)
+    return size if last_dead is None else last_dead - 1
+
+
+def _safe_degree(n: int, c: int, removed: int, active: bool) -> int | None:
+    """The smallest even k < n - 1 with connected honest survivors and a safe threshold."""
+    for k in range(2, n - 1, 2):
+        if disconnection_bound(n, k, removed) <= _SECURITY and _safe_threshold(n, k, c, active) is not None:
+            return k
+    return None
+
+
+def smallest_safe_threshold(cohort: int, neighbours: int | None, collusion: int | float, *, active: bool = False) -> int | None:
+    """The smallest threshold meeting the privacy conditions (t >= 2; t >= c + 2 on the
+    complete graph; the colluders-per-neighbourhood tail on the sparse one; t > (s + c')/2
+    when ``active``), or None if no t <= the neighbourhood size does.  Found by scanning
+    (bisection: each condition holds for every larger t once it holds)."""
+    n = _check_int("cohort", cohort, 1, 10**7)
+    return _safe_threshold(n, _check_degree(n, neighbours), collusion_count(n, collusion), _check_bool("active", active))
+
+
+def smallest_safe_neighbours(
+    cohort: int,
+    collusion: int | float,
+    *,
+    dropout_rate: float = 0.0,
+    max_dropout: float = 0.1,
+    active: bool = False,
+) -> int | None:
+    """The smallest even degree k < n - 1 under which the honest survivors stay connected
+    (:func:`disconnection_bound` with floor(rho * n) + c removed, rho = max(dropout_rate,
+    max_dropout)) and some threshold is safe; None when only the complete graph is."""
+    n = _check_int("cohort", cohort, 1, 10**7)
+    c = collusion_count(n, collusion)
+    rho = max(_check_dropout(dropout_rate), _check_rate("max_dropout", max_dropout))
+    return _safe_degree(n, c, removed_count(n, rho, c), _check_bool("active", active))
+
+
+# --- errors ------------------------------------------------------------------------------
+
+
+def _degree_hint(n: int, c: int, removed: int, active: bool) -> str:
+    k = _safe_degree(n, c, removed, active)
+    if k is None:
+        return f"no sparse degree is safe for cohort {n}: use the complete graph"
+    return f"the smallest safe neighbours is {k}"
+
+
+def _threshold_hint(n: int, k: int | None, c: int, removed: int, active: bool) -> str:
+    low = _safe_threshold(n, k, c, active)
+    if low is not None:
+        return f"the smallest safe threshold is {low}"
+    return f"no threshold is safe: {_no_safe_threshold(n, k, c, removed, active)}"
+
+
+def _no_safe_threshold(n: int, k: int | None, c: int, removed: int, active: bool) -> str:
+    """Why no threshold at all is safe for this graph, naming the field to change first."""
+    if k is None:
+        need = f"t >= c + 2 = {c + 2}" + (f" and t > (n + c) / 2 = {(n + c) / 2:g}" if active else "")
+        return f"collusion={c} is too large for cohort {n}: the complete graph needs {need}, and t <= {n}"
+    if active and _active_floor(n, k, c) > k + 1:
+        why = f"the active threat model needs t > (k + 1 + min(c, k + 1)) / 2 = {(k + 1 + min(c, k + 1)) / 2:g}"
+    else:
+        why = f"the colluders among some client's {k} neighbours reach t - 1 for every t"
+    return (
+        f"neighbours={k} is too small: with collusion={c} and cohort {n} no threshold up to k + 1 = {k + 1} "
+        f"is safe ({why}); {_degree_hint(n, c, removed, active)}"
+    )
+
+
+def _setting(n: int, k: int | None, c: int) -> str:
+    graph = "the complete graph" if k is None else f"neighbours={k}"
+    return f"with collusion={c}, {graph} and cohort {n}"
+
+
+def _privacy_error(n: int, t: int, k: int | None, c: int, rho: float, active: bool) -> str | None:
+    """Why (t, k) is unsafe for privacy, naming the field first, or None."""
+    removed = removed_count(n, rho, c)
+    if t < 2:
+        return (
+            f"threshold={t} is too small: an honest server that hears from one survivor learns its update; "
+            f"{_setting(n, k, c)} {_threshold_hint(n, k, c, removed, active)}"
+        )
+    if k is not None:
+        split = disconnection_bound(n, k, removed)
+        if split > _SECURITY:
+            return (
+                f"neighbours={k} is too small: with up to {removed - c} dropped (max dropout {rho:g} of cohort {n}) "
+                f"and collusion={c}, the honest survivors may split into parts whose sums the server learns "
+                f"(probability up to {split:.3g} > 2^-{SECURITY_BITS}); {_degree_hint(n, c, removed, active)}"
+            )
+    if _safe_threshold(n, k, c, active) is None:
+        return _no_safe_threshold(n, k, c, removed, active)
+    if k is None and t <= c + 1:
+        return (
+            f"threshold={t} is too small: {_setting(n, k, c)} {_threshold_hint(n, k, c, removed, active)} "
+            f"(t = c + 1 releases one update)"
+        )
+    if k is not None:
+        leak = _collusion_leak(n, k, c, t)
+        if leak > _SECURITY:
+            return (
+                f"threshold={t} is too small: the colluders among some client's {k} neighbours reach t - 1 = {t - 1} "
+                f"(a neighbourhood of t survivors with one honest client) with probability up to {leak:.3g} > "
+                f"2^-{SECURITY_BITS}; {_setting(n, k, c)} {_threshold_hint(n, k, c, removed, active)}"
+            )
+    if active and t < _active_floor(n, k, c):
+        s = _size(n, k)
+        return (
+            f"threshold={t} is too small for the active threat model: t must exceed (s + c) / 2 = "
+            f"{(s + (c if k is None else min(c, s))) / 2:g} (neighbourhood of {s}) so two stories about who dropped "
+            f"cannot both gather t honest signatures; {_setting(n, k, c)} {_threshold_hint(n, k, c, removed, active)}"
+        )
+    return None
+
+
+# --- check and choice --------------------------------------------------------------------
+
+
+def _checked_setting(
+    cohort: int, dropout_rate: float, max_dropout: float, collusion: int | float, active: bool, abort: float
+) -> tuple[int, float, float, int, bool, float]:
+    """(n, injected rate, privacy rate rho = max(injected, max_dropout), colluders, active,
+    abort bound), each checked (ValueError naming the field)."""
+    n = _check_int("cohort", cohort, 1, 10**7)
+    delta = _check_dropout(dropout_rate)
+    rho = max(delta, _check_rate("max_dropout", max_dropout))
+    return n, delta, rho, collusion_count(n, collusion), _check_bool("active", active), _check_probability(abort)
 
 
 def check_secagg_params(
@@ -248,75 +480,81 @@ def check_secagg_params(
     collusion: int | float,
     *,
     max_abort_probability: float = 2.0**-CORRECTNESS_BITS,
+    max_dropout: float = 0.1,
+    active: bool = False,
 ) -> None:
-    """Raise ValueError (field, value, allowed range) unless (t, k) meets the module's conditions.
+    """Raise ValueError unless (t, k) meets the module's conditions; the message names the
+    field (``threshold=`` or ``neighbours=`` first), its value and the smallest (or
+    largest) accepted value.
 
     ``collusion``: an int (clients colluding with the server) or a float in [0, 1) (a
-    fraction of the cohort).  ``max_abort_probability`` replaces the 2^-20 correctness
-    bound (small cohorts with dropouts cannot meet it: a 4-client round at 10% dropout
-    aborts ~3% of the time whatever t >= 2).
+    fraction of the cohort).  ``dropout_rate``: the injected rate; ``max_dropout``: the
+    declared bound on real dropouts per round, a fraction of the cohort (privacy is
+    sized on the larger).  ``active``: the active threat model's t > (s + c) / 2.
+    ``max_abort_probability`` replaces the 2^-20 correctness bound, which is sized on
+    ``dropout_rate`` only: availability, not privacy (small cohorts with injected
+    dropouts cannot meet it: a 4-client round at 10% dropout aborts ~0.4% of the time
+    at t = 2, ~5% at t = 3; a round with real dropouts may abort, it never releases an
+    unsafe sum).
     """
-    n = _check_int("cohort", cohort, 1, 10**7)
-    delta = _check_dropout(dropout_rate)
-    c = collusion_count(n, collusion)
-    if neighbours is not None:
-        _check_int("neighbours", neighbours, 2, max(2, n - 1))
-        if neighbours % 2 or neighbours > n - 1:
-            raise ValueError(f"neighbours must be an even int in [2, {n - 1}] (cohort {n}), got {neighbours}")
-    sparse = neighbours is not None and neighbours < n - 1
-    size = neighbours + 1 if sparse else n
-    t = _check_int("threshold", threshold, 1, size)
-    if not sparse and t <= c:
-        raise ValueError(
-            f"threshold must be > collusion = {c} so colluders hold fewer than t shares, got {t} "
-            f"(allowed: [{c + 1}, {size}])"
-        )
-    security = 2.0**-SECURITY_BITS
-    correctness = _check_probability(max_abort_probability)
-    if sparse:
-        k = neighbours
-        leak = n * hypergeometric_tail(n - 1, c, k, t) if c else 0.0
-        if leak > security:
-            raise ValueError(
-                f"threshold={t} with neighbours={k}: colluders reach t shares in some neighbourhood "
-                f"with probability up to {leak:.3g} > 2^-{SECURITY_BITS}; raise threshold or neighbours"
-            )
-        split = disconnection_bound(n, k, min(1.0, delta + c / n))
-        if split > security:
-            raise ValueError(
-                f"neighbours={k}: honest survivors may split into parts (probability up to {split:.3g} "
-                f"> 2^-{SECURITY_BITS}) with dropout_rate={delta} and collusion={c}; raise neighbours"
-            )
-        fail = n * binomial_cdf_below(k, 1 - delta, t)
-    else:
-        fail = binomial_cdf_below(n - 1, 1 - delta, t)
+    n, delta, rho, c, active, correctness = _checked_setting(
+        cohort, dropout_rate, max_dropout, collusion, active, max_abort_probability
+    )
+    k = _check_degree(n, neighbours)
+    t = _check_int("threshold", threshold, 1, _size(n, k))
+    reason = _privacy_error(n, t, k, c, rho, active)
+    if reason is not None:
+        raise ValueError(reason)
+    fail = _abort_probability(n, k, delta, t)
     if fail > correctness:
+        live, low = _live_threshold(n, k, delta, correctness), _safe_threshold(n, k, c, active)
+        hint = (
+            f"the largest threshold meeting it is {live}"
+            if low is not None and live >= low
+            else f"no safe threshold (>= {low}) meets it: lower dropout_rate"
+            + (" or raise neighbours" if k is not None else "")
+        )
         raise ValueError(
-            f"threshold={t}: fewer than t holders survive with probability up to {fail:.3g} > "
-            f"max_abort_probability={correctness:.3g} at dropout_rate={delta}; lower threshold"
-            + ("" if not sparse else " or raise neighbours")
+            f"threshold={t} is too large: fewer than t holders survive with probability up to {fail:.3g} > "
+            f"max_abort_probability={correctness:.3g} at dropout_rate={delta}; {hint}"
         )
 
 
-def _preferred_threshold(size: int, c: int, sparse: bool) -> int:
-    """An honest majority of the neighbourhood (and more than the colluders, complete graph)."""
-    return size // 2 + 1 if sparse else max(c + 1, size // 2 + 1)
-
-
-def _threshold_for(n: int, neighbours: int | None, delta: float, c: int, abort: float) -> int | None:
-    """The preferred threshold if it passes, else the largest passing one > c, else None."""
-    sparse = neighbours is not None
-    size = neighbours + 1 if sparse else n
-    candidates = [_preferred_threshold(size, c, sparse)] + list(range(size, 0 if sparse else c, -1))
-    for t in candidates:
-        if t > size:
-            continue
-        try:
-            check_secagg_params(n, t, neighbours, delta, c, max_abort_probability=abort)
-        except ValueError:
-            continue
-        return t
-    return None
+def choose_threshold(
+    cohort: int,
+    neighbours: int | None,
+    dropout_rate: float,
+    collusion: int | float,
+    *,
+    max_abort_probability: float = 2.0**-CORRECTNESS_BITS,
+    max_dropout: float = 0.1,
+    active: bool = False,
+) -> int:
+    """The threshold for a given graph: an honest majority of the neighbourhood (more
+    than (s + c) / 2 when ``active``), raised to the smallest safe one, lowered to the
+    largest that meets ``max_abort_probability`` when it must (never below the smallest
+    safe one).  ValueError naming ``neighbours=`` first when the degree is the problem
+    (so a caller can blame the degree, not an unset threshold)."""
+    n, delta, rho, c, active, abort = _checked_setting(
+        cohort, dropout_rate, max_dropout, collusion, active, max_abort_probability
+    )
+    k = _check_degree(n, neighbours)
+    low = _safe_threshold(n, k, c, active)
+    if low is None or (k is not None and disconnection_bound(n, k, removed_count(n, rho, c)) > _SECURITY):
+        raise ValueError(_privacy_error(n, 2 if low is None else low, k, c, rho, active))
+    preferred = max(low, _size(n, k) // 2 + 1)
+    live = _live_threshold(n, k, delta, abort)
+    if live >= low:
+        return min(preferred, live)
+    where = f"cohort={n}" if k is None else f"neighbours={k}, cohort={n}"
+    raise ValueError(
+        ("no threshold fits " if k is None else f"neighbours={k} leaves no threshold that fits: ")
+        + f"{where}, dropout_rate={delta}, collusion={c}: the smallest safe threshold is {low} and fewer than "
+        f"{low} holders survive with probability up to {_abort_probability(n, k, delta, low):.3g} > {abort:.3g}; "
+        "lower dropout_rate or collusion, grow the cohort"
+        + (", raise neighbours" if k is not None else "")
+        + " or accept more aborted rounds (max_abort_probability)"
+    )
 
 
 def choose_secagg_params(
@@ -326,32 +564,32 @@ def choose_secagg_params(
     graph: str = "full",
     *,
     max_abort_probability: float = 2.0**-CORRECTNESS_BITS,
+    max_dropout: float = 0.1,
+    active: bool = False,
 ) -> tuple[int, int | None]:
     """(threshold, neighbours) meeting :func:`check_secagg_params`.
 
-    ``graph="full"``: the complete graph, neighbours None; the threshold is an honest
-    majority max(c + 1, n // 2 + 1) when that survives the dropouts, else the largest
-    that does.  ``graph="sparse"``: the smallest even degree k (SecAgg+, O(log n)) with
-    a valid threshold (chosen the same way within N[u]); if only k >= n - 1 works the
-    complete graph is returned (neighbours None).  Raises ValueError when nothing fits.
-    ``max_abort_probability`` as in :func:`check_secagg_params`.
+    ``graph="full"``: the complete graph, neighbours None, threshold from
+    :func:`choose_threshold` (an honest majority max(c + 2, n // 2 + 1); more than
+    (n + c) / 2 when ``active``).  ``graph="sparse"``: the smallest even degree k
+    (SecAgg+, O(log n)) whose honest survivors stay connected after floor(rho * n) real
+    or injected dropouts plus the colluders (rho = max(dropout_rate, max_dropout)) and
+    that has a threshold that fits; if only k >= n - 1 works the complete graph is
+    returned (neighbours None).  Raises ValueError when nothing fits.
     """
-    abort = _check_probability(max_abort_probability)
-    n = _check_int("cohort", cohort, 1, 10**7)
-    delta = _check_dropout(dropout_rate)
-    c = collusion_count(n, collusion)
+    n, delta, rho, c, active, abort = _checked_setting(
+        cohort, dropout_rate, max_dropout, collusion, active, max_abort_probability
+    )
     if graph not in ("full", "sparse"):
         raise ValueError(f"graph must be 'full' or 'sparse', got {graph!r}")
+    options = dict(max_abort_probability=abort, max_dropout=max_dropout, active=active)
     if graph == "sparse":
+        removed = removed_count(n, rho, c)
         for k in range(2, n - 1, 2):
-            t = _threshold_for(n, k, delta, c, abort)
-            if t is not None:
-                return t, k
-    t = _threshold_for(n, None, delta, c, abort)
-    if t is None:
-        raise ValueError(
-            f"no threshold fits cohort={n}, dropout_rate={delta}, collusion={c}: need t > {c} and "
-            f"P[fewer than t of {n - 1} peers survive] <= {abort:.3g}; "
-            f"lower dropout_rate or collusion, or grow the cohort"
-        )
-    return t, None
+            if disconnection_bound(n, k, removed) > _SECURITY or _safe_threshold(n, k, c, active) is None:
+                continue
+            try:
+                return choose_threshold(n, k, delta, c, **options), k
+            except ValueError:
+                continue
+    return choose_threshold(n, None, delta, c, **options), None

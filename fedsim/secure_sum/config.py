@@ -12,14 +12,23 @@ from dataclasses import dataclass
 
 from fedsim.config import RunConfig
 from fedsim.secure_sum.dropouts import DropoutPlan
+from fedsim.transport.vocabulary import NO_STAGE
+from secagg import stages
 from secagg.encoding import FixedPointCodec, check_ring
-from secagg.params import ProtocolParams, check_secagg_params, choose_secagg_params
+from secagg.params import THREAT_MODELS, ProtocolParams, check_secagg_params, choose_secagg_params, choose_threshold
 
-__all__ = ["GRAPHS", "SecureSumConfig", "dropout_plan", "reply_limit", "secure_sum_config"]
+__all__ = ["GRAPHS", "GUARD_BITS", "MAX_DROPOUT_LIMIT", "SecureSumConfig", "dropout_plan", "reply_limit", "secure_sum_config", "stage_limits"]
+
+GUARD_BITS = 8
+"""Ring bits kept free above the cohort's largest honest sum: a random out-of-code value
+lands inside the honest range with probability about 2^-8 per coordinate."""
 
 GRAPHS = ("full", "sparse")
 """``full``: every pair of clients shares masks (Bonawitz et al. 2017). ``sparse``: a
 random k-regular graph, k = O(log n) (SecAgg+, Bell et al. 2020)."""
+
+MAX_DROPOUT_LIMIT = 0.5
+"""The largest declared real-dropout fraction a run may plan for."""
 
 
 @dataclass(frozen=True)
@@ -27,13 +36,19 @@ class SecureSumConfig:
     """How every round's secure sum is set up; the same at the server and every client.
 
     ``threshold``: Shamir t, as a count (int >= 1) or a fraction (float in (0, 1]) of
-    the neighbourhood (the cohort for ``full``, k + 1 for ``sparse``); None chooses the
-    largest safe honest-majority t for ``dropout_rate`` and ``collusion``
-    (:func:`secagg.params.choose_secagg_params`). ``neighbours``: SecAgg+ degree k
-    (even) for ``sparse``; None chooses the smallest safe k. ``collusion``: clients that
-    may collude with the server, a count (int) or a fraction of the cohort (float).
-    ``dropout_rate``: the dropout probability the parameters must tolerate.
+    the neighbourhood (the cohort for ``full``, k + 1 for ``sparse``); None chooses an
+    honest majority raised to the smallest safe t (:func:`secagg.params.choose_threshold`).
+    ``neighbours``: SecAgg+ degree k (even) for ``sparse``; None chooses the smallest safe
+    k (:func:`secagg.params.choose_secagg_params`). ``collusion``: clients that may
+    collude with the server, a count (int) or a fraction of the cohort (float).
+    ``dropout_rate``: the injected dropout probability per round (sizes the abort
+    probability, and privacy when above ``max_dropout``). ``max_dropout``: the declared
+    bound on real dropouts per round, a fraction of the cohort in [0, 0.5] (privacy is
+    sized for floor(max(dropout_rate, max_dropout) * n) dropped clients).
     ``max_abort_probability``: the accepted chance that too few survive.
+    ``consistency_check``: run the ConsistencyCheck stage (always on under ``active``).
+    ``threat_model``: one of :data:`secagg.params.THREAT_MODELS`; ``active`` adds the
+    PKI checks, the ConsistencyCheck and t > (s + c) / 2.
     ``timeout_s``: how long the server waits for a process's reply to one stage.
     """
 
@@ -47,6 +62,8 @@ class SecureSumConfig:
     max_abort_probability: float = 2.0**-20
     consistency_check: bool = False
     timeout_s: float = 60.0
+    max_dropout: float = 0.1
+    threat_model: str = "semi-honest"
 
     def __post_init__(self) -> None:
         check_ring(self.clip_range, self.modulus_bits)
@@ -56,10 +73,25 @@ class SecureSumConfig:
             raise ValueError(f"neighbours={self.neighbours!r} is invalid: only the sparse graph has a degree")
         if not (isinstance(self.timeout_s, (int, float)) and 0 < self.timeout_s < math.inf):
             raise ValueError(f"timeout_s={self.timeout_s!r} is invalid: expected seconds > 0")
+        if self.threat_model not in THREAT_MODELS:
+            raise ValueError(f"threat_model={self.threat_model!r} is invalid: expected one of {THREAT_MODELS}")
+        dropout = self.max_dropout
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout <= MAX_DROPOUT_LIMIT:
+            raise ValueError(f"max_dropout={dropout!r} is invalid: expected a fraction in [0, {MAX_DROPOUT_LIMIT}]")
+
+    @property
+    def active(self) -> bool:
+        """Whether the active threat model is on (PKI, ConsistencyCheck, t > (s + c) / 2)."""
+        return self.threat_model == "active"
+
+    def _sizing(self) -> dict:
+        return dict(max_abort_probability=self.max_abort_probability, max_dropout=self.max_dropout, active=self.active)
 
     def codec(self, cohort_size: int) -> FixedPointCodec:
-        """The fixed-point code with headroom for the sum of ``cohort_size`` updates."""
-        return FixedPointCodec(self.clip_range, cohort_size, self.modulus_bits)
+        """The fixed-point code with headroom for the sum of ``cohort_size`` updates, and
+        :data:`GUARD_BITS` more, so the server's range check can flag a sum that no
+        clipped inputs can produce (:meth:`~secagg.encoding.FixedPointCodec.out_of_range`)."""
+        return FixedPointCodec(self.clip_range, cohort_size, self.modulus_bits, guard_bits=GUARD_BITS)
 
     def shape(self, cohort_size: int) -> tuple[int, int | None]:
         """(threshold, neighbours) for a cohort of this size, checked; ValueError if none is safe.
@@ -69,31 +101,27 @@ class SecureSumConfig:
         n = cohort_size
         if n < 2:
             raise ValueError(f"cohort={n} is too small: secure aggregation needs at least 2 clients")
+        sizing = self._sizing()
         if self.threshold is None and self.neighbours is None:
-            return choose_secagg_params(
-                n, self.dropout_rate, self.collusion, self.graph, max_abort_probability=self.max_abort_probability
-            )
+            return choose_secagg_params(n, self.dropout_rate, self.collusion, self.graph, **sizing)
         neighbours = self.neighbours
         if neighbours is None and self.graph == "sparse":
-            _, neighbours = choose_secagg_params(
-                n, self.dropout_rate, self.collusion, "sparse", max_abort_probability=self.max_abort_probability
-            )
+            _, neighbours = choose_secagg_params(n, self.dropout_rate, self.collusion, "sparse", **sizing)
         if neighbours is not None and neighbours >= n - 1:
             neighbours = None  # a degree of n - 1 is the complete graph
         size = n if neighbours is None else neighbours + 1
-        if self.threshold is None:
-            threshold = size // 2 + 1
+        if self.threshold is None:  # the degree was given: its errors name neighbours, not the unset threshold
+            threshold = choose_threshold(n, neighbours, self.dropout_rate, self.collusion, **sizing)
         elif isinstance(self.threshold, float):
             threshold = max(1, math.ceil(self.threshold * size))
         else:
             threshold = self.threshold
-        check_secagg_params(
-            n, threshold, neighbours, self.dropout_rate, self.collusion, max_abort_probability=self.max_abort_probability
-        )
+        check_secagg_params(n, threshold, neighbours, self.dropout_rate, self.collusion, **sizing)
         return threshold, neighbours
 
     def protocol_params(self, session: bytes, round_idx: int, cohort: tuple[int, ...], dim: int) -> ProtocolParams:
-        """The parameters of one round: what the server and every client must agree on."""
+        """The parameters of one round: what the server and every client must agree on
+        (``active`` turns the ConsistencyCheck on)."""
         threshold, neighbours = self.shape(len(cohort))
         return ProtocolParams(
             session=session,
@@ -103,7 +131,8 @@ class SecureSumConfig:
             threshold=threshold,
             modulus_bits=self.modulus_bits,
             neighbours=neighbours,
-            consistency_check=self.consistency_check,
+            consistency_check=self.consistency_check or self.active,
+            active=self.active,
         )
 
 
@@ -116,8 +145,37 @@ def reply_limit(dim: int, cohort: int, hosted: int) -> int:
     return hosted * (8 * dim + 4096 * cohort + 65536) + 65536
 
 
+_PER_PEER_BYTES = 512
+"""Generous bytes per cohort peer in one client's reply: a share ciphertext entry (~100),
+a revealed share (~45), an accusation with its channel key (~50), a signed id (~72)."""
+
+_PER_CLIENT_BYTES = 4096
+"""Slack per hosted client: keys, commitment, signature, counts, entry headers."""
+
+
+def stage_limits(dim: int, cohort: int, hosted: int) -> dict[str, int]:
+    """Largest body of each frame a process hosting ``hosted`` clients may send, by stage.
+
+    REPLY frames per protocol stage (Bonawitz et al. 2017, Fig. 4: only
+    MaskedInputCollection carries the d ring elements, 8 bytes each at most), and the
+    REPORT (``NO_STAGE``). The relay refuses a header announcing more before it reads or
+    allocates the body, and drops the sender named (:meth:`ServerRelay.set_stage_limits`).
+    """
+    peers = _PER_PEER_BYTES * cohort
+    per_client = {
+        stages.ADVERTISE_KEYS: 0,
+        stages.SHARE_KEYS: peers,
+        stages.MASKED_INPUT_COLLECTION: 8 * dim + peers,
+        stages.CONSISTENCY_CHECK: 0,
+        stages.UNMASKING: peers,
+        NO_STAGE: 0,
+    }
+    return {stage: hosted * (_PER_CLIENT_BYTES + size) + 65536 for stage, size in per_client.items()}
+
+
 def secure_sum_config(config: RunConfig) -> SecureSumConfig:
-    """The secure-sum settings of a run (the parameters tolerate its injected dropout rate)."""
+    """The secure-sum settings of a run: sized for its injected dropout rate and its
+    declared real-dropout bound, under its threat model."""
     return SecureSumConfig(
         clip_range=config.secagg_clip_range,
         modulus_bits=config.secagg_modulus_bits,
@@ -129,6 +187,8 @@ def secure_sum_config(config: RunConfig) -> SecureSumConfig:
         max_abort_probability=config.secagg_max_abort_probability,
         consistency_check=config.secagg_consistency_check,
         timeout_s=config.secagg_timeout_s,
+        max_dropout=config.secagg_max_dropout,
+        threat_model=config.secagg_threat_model,
     )
 
 

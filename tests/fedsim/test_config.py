@@ -72,6 +72,9 @@ def test_preflight_names_what_cannot_work(tmp_path):
         ("secagg_threshold", 1.5, "fraction in (0, 1]"),
         ("secagg_collusion", -1, "count >= 0"),
         ("secagg_timeout_s", 0.0, "[0.1, 86400]"),
+        ("secagg_threat_model", "malicious", "'semi-honest', 'active'"),
+        ("secagg_max_dropout", 0.6, "[0, 0.5]"),
+        ("secagg_max_dropout", -0.1, "[0, 0.5]"),
         ("dropout_rate", 1.0, "[0, 1)"),
         ("dropout_stages", "ShareKeys,Sharekeys", "AdvertiseKeys"),
         ("dropout_schedule", {"0": {"ShareKeys": [1]}}, "rounds >= 1"),
@@ -119,6 +122,44 @@ def test_preflight_checks_secure_aggregation_with_the_protocols_checker():
     with pytest.raises(ConfigError, match="dropout_schedule.*client ids in \\[1, 4\\]"):
         preflight(build_config(dropout_schedule={1: {"ShareKeys": [9]}}))
     preflight(build_config(num_clients=6, secagg_graph="sparse", secagg_neighbours=4, secagg_threshold=3))
+
+
+def test_preflight_blames_the_degree_not_an_unset_threshold():
+    """The bug: `--secagg-graph sparse --secagg-neighbours 2 --secagg-collusion 2` blamed secagg_threshold=None."""
+    for collusion in (1, 2):
+        with pytest.raises(ConfigError, match=r"^secagg_neighbours=2 is invalid: .*neighbours=2 is too small: .*smallest safe neighbours is \d+") as info:
+            preflight(build_config(secagg_graph="sparse", secagg_neighbours=2, secagg_collusion=collusion, num_clients=2, population=20))
+        assert info.value.field_name == "secagg_neighbours"
+    with pytest.raises(ConfigError, match=r"^secagg_threshold=1 is invalid: .*threshold=1 is too small"):
+        preflight(build_config(secagg_threshold=1))
+
+
+def test_threat_model_and_max_dropout_are_recorded_and_old_configs_still_load():
+    import json
+
+    config = build_config(secagg_threat_model="active", secagg_max_dropout=0.2)
+    data = json.loads(config.to_json())
+    assert (data["secagg_threat_model"], data["secagg_max_dropout"], data["secagg_consistency_check"]) == ("active", 0.2, True)
+    assert config_from_json(config.to_json()) == config
+    old = {k: v for k, v in json.loads(RunConfig().to_json()).items() if k not in ("secagg_threat_model", "secagg_max_dropout")}
+    assert data["format_version"] == old["format_version"] == 1  # new fields with defaults: same version
+    loaded = config_from_json(json.dumps(old))
+    assert (loaded.secagg_threat_model, loaded.secagg_max_dropout, loaded.secagg_consistency_check) == ("semi-honest", 0.1, False)
+
+
+def test_the_active_threat_model_turns_the_consistency_check_on_and_refuses_it_off():
+    assert build_config().secagg_consistency_check is False
+    assert build_config(secagg_threat_model="active").secagg_consistency_check is True
+    assert build_config(secagg_consistency_check=True).secagg_consistency_check is True
+    with pytest.raises(ConfigError, match="^secagg_consistency_check=False is invalid: expected true .*active") as info:
+        build_config(secagg_threat_model="active", secagg_consistency_check=False)
+    assert info.value.field_name == "secagg_consistency_check"
+
+
+def test_the_active_threat_model_is_sized_for_two_stories():
+    with pytest.raises(ConfigError, match=r"^secagg_threshold=3 is invalid: .*too small for the active threat model"):
+        preflight(build_config(num_clients=6, secagg_threshold=3, secagg_threat_model="active"))
+    preflight(build_config(num_clients=6, secagg_threshold=4, secagg_threat_model="active"))
 
 
 def test_target_epsilon_calibrates_the_noise_before_the_run():

@@ -22,11 +22,11 @@ def test_every_field_has_exactly_one_row():
     assert len(ROWS) == len(FIELD_OPTIONS)  # no field twice
 
 
-def test_run_takes_one_option_per_row_with_help_and_the_three_others():
+def test_run_takes_one_option_per_row_with_help_and_the_four_others():
     params = inspect.signature(run_command).parameters
     with_help = [o.field for o in FIELD_OPTIONS if o.help]
     assert [p for p in params if p in ROWS] == with_help
-    assert set(params) - set(ROWS) == {"config_file", "drop", "verbose"}
+    assert set(params) - set(ROWS) == {"config_file", "drop", "dry_run", "verbose"}
     for field in ("model_kwargs", "lora_alpha", "dropout_schedule"):  # config-file only
         assert field not in params
 
@@ -44,6 +44,17 @@ def test_help_lists_every_option_with_its_default_and_allowed_values():
             assert f"(default: {option_help(option).split('(default: ')[1].split(')')[0]})" in text
     assert "Communication rounds. (default: 8) Allowed: an integer in [1, 100000]." in text
     assert "--clients" in text and "--sigma" in text and "--secagg-timeout" in text
+    assert "--secagg-threat-model" in text and "--secagg-max-dropout" in text and "--dry-run" in text
+
+
+def test_the_help_states_what_each_threat_model_does_not_guarantee():
+    threat = ROWS["secagg_threat_model"].help
+    assert "NOT protected against a server that lies about who dropped or substitutes public keys" in threat
+    assert "Ed25519" in threat and "rendezvous store, not the server" in threat and "t > (n + c)/2" in threat
+    check = ROWS["secagg_consistency_check"].help
+    assert "a server that lies about who dropped is caught" not in check  # only true with a PKI
+    assert "does not catch a server that lies about who dropped" in check and "active" in check
+    assert "real (not injected) dropouts" in ROWS["secagg_max_dropout"].help
 
 
 BAD_VALUES = [
@@ -56,6 +67,7 @@ BAD_VALUES = [
     ("target_epsilon", 0.0), ("secagg_clip_range", 0.0), ("secagg_threshold", 0), ("secagg_threshold", 1.5),
     ("secagg_graph", "ring"), ("secagg_neighbours", 3), ("secagg_modulus_bits", 16), ("secagg_collusion", -1),
     ("secagg_collusion", 1.0), ("secagg_max_abort_probability", 1.0), ("secagg_timeout_s", 0.0),
+    ("secagg_threat_model", "malicious"), ("secagg_max_dropout", 0.51), ("secagg_max_dropout", True),
     ("secagg_consistency_check", "yes"), ("dropout_rate", 1.0), ("dropout_stages", ("Nope",)),
     ("seed", -1), ("eval_every", 0), ("threads_per_process", 0), ("timeout_s", 5.0), ("methods", ("sgd-lora",)),
     ("model", ""), ("pretrained", "yes"),
