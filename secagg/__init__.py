@@ -36,6 +36,7 @@ _EXPORTS: dict[str, str] = {
     "PUBLIC_KEY_BYTES": "secagg.agreement",
     "ProtocolError": "secagg.protocol",
     "ProtocolParams": "secagg.params",
+    "Rejection": "secagg.messages",
     "SUPPORTED_MODULUS_BITS": "secagg.encoding",
     "ServerRound": "secagg.protocol",
     "WeightedMeanCodec": "secagg.encoding",

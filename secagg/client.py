@@ -6,21 +6,48 @@ A client refuses (raises :class:`~secagg.messages.ProtocolError`, after which it
 dead for the round) whenever the server's message is malformed, replayed or
 inconsistent, or asks for what would let the server unmask someone:
 
-- fewer than t parties of its neighbourhood in the announced key roster, senders of
-  shares, or survivors (the server could otherwise reconstruct from too few inputs);
+- fewer than t parties of its neighbourhood in the announced key roster, holders of
+  its peers' shares, or survivors (the server could otherwise reconstruct from too
+  few inputs);
 - the b-share and the s^SK-share of the same peer (both together remove every mask
   of that peer's input); Unmasking is answered once per round, so this holds for
   the whole round;
 - the s^SK-share of a peer that the ConsistencyCheck announced as a survivor, or a
-  survivor set that differs from the signed one.
+  survivor set that differs from the signed one, names ids outside the cohort, or
+  names a peer whose shares this client reported as unopenable.
+
+A peer's bad shares do not make a client refuse (robustness to malicious clients): a
+ciphertext that fails to open, or whose shares are not field elements, is reported in
+the MaskedInputCollection reply (an accusation); the client keeps no share of that
+sender and does not mask with it (the server reads who masked with whom from the
+accusations, and excludes one of the two: :mod:`secagg.server`).  Semi-honest mode
+reveals, per accusation, the receive key of that one channel (single-use, so it opens
+only the accused ciphertext, which is addressed to the accuser); active mode
+(``params.active``) reveals nothing, since the server may have forged the ciphertext to
+harvest the key.  Active mode also needs the PKI (``verify_keys``) and the client's
+own identity key (``signing_key``): every roster entry's signature is checked against
+the PKI, so a server that substitutes a peer's keys is refused by name.
 
 Secrets: per round two fresh X25519 key pairs (c: share encryption, s: masks) and
 the 256-bit self-mask seed b_u, all from the OS CSPRNG.  The secret keys and b_u are
-dropped as soon as the masked input is sent: afterwards the client holds only shares.
+dropped as soon as the masked input is sent: afterwards the client holds only shares
+and its pairwise mask keys s_uv (dropped after Unmasking).  It reveals s_uv only for a
+peer v it is not asked the b-share of (and, under the ConsistencyCheck, that is not in
+the signed survivor set): the same rule as for the s^SK-share, of which s_uv is a
+consequence.  The server asks for them only where v's s^SK cannot be rebuilt (an
+excluded client, or fewer than t holders), so that one bad client cannot abort a round
+by dealing valid shares to fewer than t peers.
+
+Hooks for attack code (a subclass overriding one method is a malicious client; see
+:mod:`secagg.protocol`): :meth:`ClientRound._seal` (the ciphertext for one peer),
+:meth:`ClientRound._key_checks`, :meth:`ClientRound._open` (open one peer's
+ciphertext), :meth:`ClientRound._accusations` (what the reply reports) and
+:meth:`ClientRound._reveal` (the shares sent in Unmasking).
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 
@@ -36,7 +63,7 @@ from secagg.agreement import (
     self_mask_key,
     share_encryption_keys,
 )
-from secagg.channel import open_shares, seal_shares
+from secagg.channel import key_check, open_shares, seal_shares
 from secagg.encoding import ring_dtype
 from secagg.graph import NeighbourGraph, graph_for
 from secagg import messages as wire
@@ -56,8 +83,11 @@ class ClientRound:
 
     ``signing_key`` / ``verify_keys``: for the ConsistencyCheck, this client's Ed25519
     key and the verify keys of the cohort from a PKI; without them a fresh key is made
-    and peers' keys are taken from the round's roster.  ``graph``: the round's
-    :class:`NeighbourGraph`, to share one instance among many virtual clients.
+    and peers' keys are taken from the round's roster (which only protects against a
+    server that does not substitute keys).  Required when ``params.active`` (ValueError
+    otherwise, or when ``signing_key`` is not the PKI's key of ``client_id``).
+    ``graph``: the round's :class:`NeighbourGraph`, to share one instance among many
+    virtual clients.
     """
 
     def __init__(
@@ -73,10 +103,15 @@ class ClientRound:
             raise ValueError(f"params must be a ProtocolParams, got {type(params).__name__}")
         if client_id not in params.client_ids:
             raise ValueError(f"client_id must be in the cohort params.client_ids, got {client_id}")
+        if signing_key is not None and not isinstance(signing_key, Ed25519PrivateKey):
+            raise ValueError(f"signing_key must be an Ed25519PrivateKey, got {type(signing_key).__name__}")
+        if params.active:
+            _check_identity(client_id, signing_key, verify_keys)
         self.params = params
         self.client_id = client_id
         self.stage = stages.ADVERTISE_KEYS
         self._wire = wire.Endpoint(params.session, params.round_idx, client_id)
+        self._context = {"session": params.session, "round_idx": params.round_idx}  # key derivation context
         self._graph = graph_for(params, graph)
         self._holders = frozenset(self._graph.closed_neighbourhood(client_id))
         self._signing_key = signing_key
@@ -87,6 +122,8 @@ class ClientRound:
         self._b_seed: bytes | None = None
         self._shares: dict[int, tuple[bytes, bytes]] = {}  # peer -> (b share, s^SK share)
         self._receive_keys: dict[int, bytes] = {}  # peer -> AES-GCM key of its shares to us
+        self._accused: frozenset[int] = frozenset()  # peers whose shares it could not open
+        self._pairwise: dict[int, bytes] = {}  # peer -> s_uv, kept from MaskedInputCollection to Unmasking
         self._signed_survivors: tuple[int, ...] | None = None
 
     # --- public API ----------------------------------------------------------------------
@@ -111,6 +148,8 @@ class ClientRound:
     def handle(self, message: bytes) -> bytes:
         """Process the server's message for the current stage; return the reply.
 
+        The stage methods return the reply body: bytes, or a list of bytes-like parts.
+
         Raises ProtocolError (sender = the server, or the peer whose share failed) to
         refuse; the client is then :data:`stages.ABORTED` for the rest of the round.
         """
@@ -132,6 +171,7 @@ class ClientRound:
         except ProtocolError as error:
             _LOG.warning("client %d refuses: %s", self.client_id, error)
             self._forget_secrets()
+            self._pairwise = {}
             self.stage = stages.ABORTED
             raise
         return self._wire.pack(stage, wire.REPLY, wire.SERVER_ID, reply_body)
@@ -142,6 +182,8 @@ class ClientRound:
         return reader.fail(f"client {self.client_id} refuses: {reason}")
 
     def _forget_secrets(self) -> None:
+        """Drop the round's key material (the pairwise keys survive MaskedInputCollection,
+        until Unmasking; a refusal drops them too, see :meth:`handle`)."""
         self._c_key = self._s_key = None
         self._b_seed = None
         self._input = None
@@ -226,61 +268,92 @@ class ClientRound:
             evaluation_points(self.params.client_ids, holders),
             self.params.threshold,
         )
-        ctx = {"session": self.params.session, "round_idx": self.params.round_idx}
-        entries = []
+        ctx = self._ctx()
+        entries, checks = [], []
         for row, v in zip(shares, holders):
             b_share, sk_share = share_to_bytes(row[0]), share_to_bytes(row[1])
             if v == self.client_id:
                 self._shares[v] = (b_share, sk_share)
                 continue
-            send_key, self._receive_keys[v] = share_encryption_keys(
+            send_key, receive_key = share_encryption_keys(
                 self._c_key, self._roster[v][0], own_id=self.client_id, peer_id=v, **ctx
             )
-            sealed = seal_shares(
-                send_key, sender=self.client_id, receiver=v, b_share=b_share, sk_share=sk_share, **ctx
-            )
-            entries.append((v, sealed))
+            self._receive_keys[v] = receive_key
+            entries.append((v, self._seal(v, send_key, b_share, sk_share)))
+            checks.append(self._key_checks(v, send_key, receive_key))
         self.stage = stages.MASKED_INPUT_COLLECTION
         commitment = seed_commitment(self._b_seed, owner=self.client_id, **ctx)
-        return wire.COMMITMENT.pack(commitment) + wire.pack_list(wire.CIPHERTEXT_ENTRY, entries)
+        return (
+            wire.COMMITMENT.pack(commitment)
+            + wire.pack_list(wire.CIPHERTEXT_ENTRY, entries)
+            + wire.pack_list(wire.KEY_CHECKS, checks)
+        )
+
+    def _ctx(self) -> dict[str, object]:
+        return self._context
+
+    def _seal(self, peer: int, send_key: bytes, b_share: bytes, sk_share: bytes) -> bytes:
+        """Hook: the AES-GCM ciphertext of this client's shares for ``peer`` (Fig. 4, Round 1)."""
+        return seal_shares(
+            send_key, sender=self.client_id, receiver=peer, b_share=b_share, sk_share=sk_share, **self._ctx()
+        )
+
+    def _key_checks(self, peer: int, send_key: bytes, receive_key: bytes) -> tuple[bytes, bytes]:
+        """Hook: the checks (:func:`secagg.channel.key_check`) of the pair's two keys in id
+        order (lo -> hi, hi -> lo); the server relays the pair's ciphertexts only when
+        ``peer`` sends the same record."""
+        if self.client_id < peer:
+            return key_check(send_key), key_check(receive_key)
+        return key_check(receive_key), key_check(send_key)
 
     # --- Round 2: MaskedInputCollection -------------------------------------------------------
 
     def _masked_input_collection(self, reader: Reader) -> bytes:
-        """Fig. 4 Round 2: decrypt peers' shares; y_u = x_u + PRG(b_u) + sum_v delta_uv PRG(s_uv)."""
+        """Fig. 4 Round 2: open peers' shares; y_u = x_u + PRG(b_u) + sum_v delta_uv PRG(s_uv)
+        over the peers v whose shares it holds; report the others (accusations)."""
         entries = reader.take_list(wire.CIPHERTEXT_ENTRY, len(self._roster))
         reader.end()
         if self._input is None:
             raise self._refuse(reader, "no input set (call set_input before MaskedInputCollection)")
-        ctx = {"session": self.params.session, "round_idx": self.params.round_idx}
-        previous = 0
+        previous, failed = 0, []
         for v, ciphertext in entries:
             if v <= previous or v not in self._roster or v == self.client_id:
                 raise self._refuse(reader, f"share sender {v} is unsorted, repeated or not in its roster")
             previous = v
             try:
-                self._shares[v] = open_shares(
-                    self._receive_keys[v], ciphertext, sender=v, receiver=self.client_id, **ctx
-                )
+                self._shares[v] = self._open(v, ciphertext)
             except ValueError as exc:
-                raise ProtocolError(
-                    v,
-                    stages.MASKED_INPUT_COLLECTION,
-                    f"share ciphertext relayed by the server: {exc}",
-                    self.client_id,
-                ) from None
-        self._neighbourhood_quorum(reader, "senders of shares", set(self._shares))
+                _LOG.warning("client %d cannot open the shares of client %d (%s): reports it", self.client_id, v, exc)
+                failed.append(v)
+        self._accused = frozenset(failed)
+        self._neighbourhood_quorum(reader, "holders of valid shares (itself and peers)", set(self._shares))
+        ctx = self._ctx()
         streams = [(1, self_mask_key(self._b_seed, owner=self.client_id, **ctx))]
         for v in sorted(self._shares):
             if v != self.client_id:
                 lo, hi = min(v, self.client_id), max(v, self.client_id)
                 key = pairwise_mask_key(self._s_key, self._roster[v][1], id_lo=lo, id_hi=hi, **ctx)
+                self._pairwise[v] = key
                 streams.append((pairwise_mask_sign(self.client_id, v), key))
-        masked = add_masks_(self._input, streams)
-        reply = masked.astype(masked.dtype.newbyteorder("<"), copy=False).tobytes()
+        masked = add_masks_(self._input, streams).astype(self._input.dtype.newbyteorder("<"), copy=False)
+        tail = wire.pack_list(wire.accusation_layout(self.params.active), self._accusations(failed))
         self._forget_secrets()
         self.stage = stages.CONSISTENCY_CHECK if self.params.consistency_check else stages.UNMASKING
-        return reply
+        return [masked, tail]  # joined with the header in one copy (Endpoint.pack)
+
+    def _open(self, peer: int, ciphertext: bytes) -> tuple[bytes, bytes]:
+        """Hook: (b share, s^SK share) from ``peer``'s ciphertext; ValueError if it does not
+        open or its shares are not field elements."""
+        return open_shares(
+            self._receive_keys[peer], ciphertext, sender=peer, receiver=self.client_id, **self._ctx()
+        )
+
+    def _accusations(self, failed: list[int]) -> list[tuple]:
+        """Hook: the accusation records of the reply for the senders in ``failed``:
+        (sender, receive key) in semi-honest mode, (sender,) in active mode."""
+        if self.params.active:
+            return [(v,) for v in failed]
+        return [(v, self._receive_keys[v]) for v in failed]
 
     # --- Round 3: ConsistencyCheck ------------------------------------------------------------
 
@@ -288,11 +361,19 @@ class ClientRound:
         """Fig. 4 Round 3: check the announced survivor set U3 and sign it."""
         survivors = self._read_ids(reader, len(self.params.client_ids), "survivor")
         reader.end()
+        outsiders = [v for v in survivors if not self._in_cohort(v)]
+        if outsiders:
+            raise self._refuse(reader, f"survivor ids {outsiders[:5]} are not in the cohort")
         if self.client_id not in survivors:
             raise self._refuse(reader, "survivor set omits this client, which sent its masked input")
-        strangers = (set(survivors) & self._holders) - set(self._shares)
+        accused = sorted(self._accused.intersection(survivors))
+        if accused:
+            raise self._refuse(
+                reader, f"survivors {accused[:5]} sent it shares it reported as unopenable (they must be excluded)"
+            )
+        strangers = (set(survivors) & self._holders) - set(self._roster)
         if strangers:
-            raise self._refuse(reader, f"survivors {sorted(strangers)[:5]} never sent it shares")
+            raise self._refuse(reader, f"survivors {sorted(strangers)[:5]} were never in its roster")
         self._neighbourhood_quorum(reader, "survivors", set(survivors))
         self._signed_survivors = survivors
         self.stage = stages.UNMASKING
@@ -300,6 +381,11 @@ class ClientRound:
             session=self.params.session, round_idx=self.params.round_idx, survivors=survivors
         )
         return wire.SIGNATURE.pack(consistency.sign(self._signing_key, payload))
+
+    def _in_cohort(self, v: int) -> bool:
+        ids = self.params.client_ids
+        i = bisect.bisect_left(ids, v)
+        return i < len(ids) and ids[i] == v
 
     def _read_ids(self, reader: Reader, max_count: int, what: str) -> tuple[int, ...]:
         ids = tuple(v for (v,) in reader.take_list(wire.ID, max_count))
@@ -328,7 +414,9 @@ class ClientRound:
 
     def _unmasking(self, reader: Reader) -> bytes:
         """Fig. 4 Round 4: reveal b-shares of survivors and s^SK-shares of dropped peers,
-        never both for one peer, only with t survivors in the neighbourhood."""
+        never both for one peer, only with t survivors in the neighbourhood; and, for
+        dropped or excluded peers only, the pairwise mask keys the server asks for (a
+        fallback when their s^SK cannot be rebuilt from t valid shares)."""
         b_count, sk_count = reader.take(wire.TWO_COUNTS)
         limit = len(self._shares)
         if b_count + sk_count > limit:
@@ -337,6 +425,7 @@ class ClientRound:
         sk_ids = tuple(v for (v,) in (reader.take(wire.ID) for _ in range(sk_count)))
         if self.params.consistency_check:
             self._check_signatures(reader)
+        pk_ids = self._read_ids(reader, len(self._pairwise), "pairwise-key")
         reader.end()
         for what, ids in (("survivor", b_ids), ("dropped", sk_ids)):
             if any(b <= a for a, b in zip(ids, ids[1:])):
@@ -344,17 +433,46 @@ class ClientRound:
             unknown = [v for v in ids if v not in self._shares]
             if unknown:
                 raise self._refuse(reader, f"asked for shares of {unknown[:5]}, which never shared with it")
-        both = sorted(set(b_ids) & set(sk_ids))
+        strangers = [v for v in pk_ids if v not in self._pairwise]
+        if strangers:
+            raise self._refuse(reader, f"asked for pairwise keys with {strangers[:5]}, which it did not mask with")
+        both = sorted(set(b_ids) & (set(sk_ids) | set(pk_ids)))
         if both:  # one Unmasking per round (the stage machine), so this covers the round
-            raise self._refuse(reader, f"asked for both the b-share and the s^SK-share of client {both[0]}")
+            other = "s^SK-share" if both[0] in sk_ids else "pairwise key"
+            raise self._refuse(reader, f"asked for both the b-share and the {other} of client {both[0]}")
+        undeclared = [v for v in pk_ids if v not in sk_ids]
+        if undeclared:
+            raise self._refuse(reader, f"asked for pairwise keys with {undeclared[:5]}, not announced as dropped")
         if self.client_id in sk_ids:
             raise self._refuse(reader, "asked for its own s^SK-share")
         if self.params.consistency_check:
             announced = set(self._signed_survivors)
             if set(b_ids) != announced & set(self._shares) or set(sk_ids) != set(self._shares) - announced:
                 raise self._refuse(reader, "request differs from the signed survivor set")
+            if announced.intersection(pk_ids):
+                raise self._refuse(reader, "asked for pairwise keys with clients of the signed survivor set")
         self._neighbourhood_quorum(reader, "survivors", set(b_ids))
-        entries = [(v, wire.KIND_B, self._shares[v][0]) for v in b_ids]
-        entries += [(v, wire.KIND_SK, self._shares[v][1]) for v in sk_ids]
         self.stage = stages.DONE
-        return wire.pack_list(wire.REVEALED_SHARE, entries)
+        reply = wire.pack_list(wire.REVEALED_SHARE, self._reveal(b_ids, sk_ids))
+        reply += wire.pack_list(wire.PAIRWISE_KEY, [(v, self._pairwise[v]) for v in pk_ids])
+        self._pairwise = {}
+        return reply
+
+    def _reveal(self, b_ids: tuple[int, ...], sk_ids: tuple[int, ...]) -> list[tuple[int, int, bytes]]:
+        """Hook: the (peer, kind, share) records of the Unmasking reply, after every check."""
+        entries = [(v, wire.KIND_B, self._shares[v][0]) for v in b_ids]
+        return entries + [(v, wire.KIND_SK, self._shares[v][1]) for v in sk_ids]
+
+
+def _check_identity(
+    client_id: int, signing_key: Ed25519PrivateKey | None, verify_keys: dict[int, bytes] | None
+) -> None:
+    """Active mode: the PKI and this client's identity key must be given and agree."""
+    if verify_keys is None or signing_key is None:
+        missing = [name for name, value in (("verify_keys", verify_keys), ("signing_key", signing_key)) if value is None]
+        raise ValueError(
+            f"params.active requires verify_keys (the PKI: each cohort client's Ed25519 verify key) and "
+            f"signing_key (this client's identity key); missing {', '.join(missing)}"
+        )
+    if verify_keys.get(client_id) != consistency.verify_key_bytes(signing_key):
+        raise ValueError(f"signing_key is not the identity of client {client_id}: verify_keys[{client_id}] differs")

@@ -4,10 +4,13 @@ Round 0 with signed keys and Round 3, ConsistencyCheck).
 In the active-adversary variant each client signs its advertised public keys, and
 after MaskedInputCollection signs the survivor set U3 the server announced; in
 Unmasking it checks its peers' signatures on the same U3 before revealing shares.
-A server that tells two clients different survivor sets (to learn both secrets of
-one peer from different clients) is then caught.  Without a PKI (``verify_keys``
-given to the client) the verify keys are advertised in the round itself, which only
-protects against a server that does not also substitute keys.
+A server that tells two groups of clients different survivor sets (to learn both
+secrets of one peer from different clients) is caught when the two stories cannot both
+gather t honest signatures in a neighbourhood, i.e. when t > (s + c) / 2 for
+neighbourhoods of s clients with c colluders (Sec. 6), which the active threat model
+enforces.  Without a PKI (``verify_keys`` given to the client) the verify keys are
+advertised in the round itself, which only protects against a server that does not
+also substitute keys; the active threat model requires the PKI.
 """
 
 from __future__ import annotations
@@ -69,11 +72,14 @@ def advert_problem(
     session: bytes, round_idx: int, client_id: int, advert: Sequence[bytes], pki: Mapping[int, bytes] | None
 ) -> str | None:
     """Why a signed advert (c^PK, s^PK, verify key, signature) of Fig. 4, Round 0 must be
-    rejected, or None: its verify key differs from the PKI's (when there is one) or its
-    signature does not verify."""
+    rejected, or None: with a PKI, the client has no entry there or its verify key differs
+    from the PKI's; in any case, the signature does not verify."""
     c_pk, s_pk, verify_key, signature = advert
-    if pki is not None and pki.get(client_id) != verify_key:
-        return f"verify key of client {client_id} differs from the PKI's"
+    if pki is not None:
+        if client_id not in pki:
+            return f"client {client_id} has no verify key in the PKI"
+        if pki[client_id] != verify_key:
+            return f"verify key of client {client_id} differs from the PKI's"
     payload = advert_payload(session=session, round_idx=round_idx, client_id=client_id, c_pk=c_pk, s_pk=s_pk)
     if not verify(verify_key, signature, payload):
         return f"signature of client {client_id} on its keys is invalid"

@@ -19,6 +19,14 @@ is defined behaviour in C (signed overflow, which a plain signed add would rely 
 not), at no extra copy.  The protocol (:mod:`secagg.protocol`) takes and returns those
 unsigned arrays.
 
+Guard bits and the range check: with ``guard_bits`` g > 0 the scale is chosen for
+``n * 2^g`` parties, so a legitimate sum of at most n codes uses only a 2^-g fraction
+of the ring and :meth:`FixedPointCodec.out_of_range` can flag a sum that no clipped
+inputs could produce (a client that put a ring value outside [-c, c] into its masked
+input, or one that wraps the ring).  It is a coarse check: an input inside the clip
+range, however poisoned, passes (input validation such as ACORN's proofs is out of
+scope), and a shift that keeps every coordinate inside n * c passes too.
+
 Weighted means (:class:`WeightedMeanCodec`): a party with integer weight w sends the
 codes of (w * x, w); the server decodes sum_u w_u x_u and sum_u w_u and divides, so
 the weights stay as private as the inputs.
@@ -165,19 +173,23 @@ class FixedPointCodec:
     clip_range: float
     num_parties: int
     modulus_bits: int = 32
+    guard_bits: int = 0
     frac_bits: int = field(init=False)
 
     def __post_init__(self) -> None:
         check_ring(self.clip_range, self.modulus_bits)
         _check_count("num_parties", self.num_parties)
-        frac_bits = fixed_point_frac_bits(self.clip_range, self.num_parties, self.modulus_bits)
+        if isinstance(self.guard_bits, bool) or not isinstance(self.guard_bits, int) or not 0 <= self.guard_bits <= 16:
+            raise ValueError(f"guard_bits must be an int in [0, 16], got {self.guard_bits!r}")
+        parties = self.num_parties << self.guard_bits
+        frac_bits = fixed_point_frac_bits(self.clip_range, parties, self.modulus_bits)
         if frac_bits is None:
             limit = 2 ** (self.modulus_bits - 1) - 1
             raise ValueError(
                 f"no fixed-point scale with at least {MIN_FRAC_BITS} fractional bits fits: "
-                f"num_parties={self.num_parties} * clip_range={self.clip_range} * "
-                f"2^{MIN_FRAC_BITS} must be <= 2^{self.modulus_bits - 1} - 1 = {limit} so the "
-                f"cohort sum cannot wrap; lower clip_range or num_parties"
+                f"num_parties={self.num_parties} * 2^guard_bits={2**self.guard_bits} * "
+                f"clip_range={self.clip_range} * 2^{MIN_FRAC_BITS} must be <= 2^{self.modulus_bits - 1} - 1 = "
+                f"{limit} so the cohort sum cannot wrap; lower clip_range or the cohort, or use a 64-bit ring"
             )
         object.__setattr__(self, "frac_bits", frac_bits)
 
@@ -258,6 +270,21 @@ class FixedPointCodec:
         """
         s = _ring_tensor("s", s, self.modulus_bits)
         return s.to(torch.float32).mul_(1.0 / self.scale)
+
+    def out_of_range(self, s: torch.Tensor | np.ndarray, parties: int) -> int:
+        """How many coordinates of the ring sum ``s`` of ``parties`` codes no clipped inputs
+        can produce: |signed(s_i)| > parties * ceil(c * 2^f).  0 for every honest sum.
+
+        Only meaningful with ``guard_bits`` > 0 (else the bound spans the whole ring for
+        a full cohort); see the module docstring for what it cannot catch.
+        """
+        _check_count("parties", parties)
+        s = _ring_tensor("s", s, self.modulus_bits)
+        bound = parties * self.max_abs_code
+        if bound >= 2 ** (self.modulus_bits - 1) - 1:
+            return 0
+        # |x| > bound without abs(): abs(INT_MIN) overflows
+        return int(torch.count_nonzero((s > bound) | (s < -bound)))
 
 
 def _ring_tensor(name: str, s: torch.Tensor | np.ndarray, modulus_bits: int) -> torch.Tensor:

@@ -12,6 +12,10 @@ rejected with a :class:`ProtocolError` naming the sender, the stage and the reas
 Bodies are read with :class:`Reader`, which checks every length against the bytes
 actually present and rejects trailing bytes.  Ring vectors travel as little-endian
 words.
+
+Version 2 (robustness to malicious clients) added the key checks of the ShareKeys
+reply and the accusations of the MaskedInputCollection reply.  The server records what
+it refused as :class:`Rejection` (sender, stage, reason, verdict).
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from secagg.agreement import PUBLIC_KEY_BYTES
-from secagg.channel import CIPHERTEXT_BYTES
+from secagg.channel import CIPHERTEXT_BYTES, KEY_CHECK_BYTES, SHARE_KEY_BYTES
 from secagg.consistency import SIGNATURE_BYTES, VERIFY_KEY_BYTES
 from secagg.shamir import SHARE_BYTES
 from secagg.stages import (
@@ -29,6 +34,8 @@ from secagg.stages import (
 )
 
 __all__ = [
+    "ACCUSATION",
+    "ACCUSATION_KEYED",
     "ADVERT",
     "ADVERT_SIGNED",
     "CIPHERTEXT_ENTRY",
@@ -36,9 +43,13 @@ __all__ = [
     "DIGEST",
     "HEADER",
     "ID",
+    "KEY_CHECKS",
     "KIND_B",
     "KIND_SK",
     "MAGIC",
+    "MALICIOUS",
+    "PAIRWISE_KEY",
+    "REJECTED",
     "REPLY",
     "REQUEST",
     "REVEALED_SHARE",
@@ -48,10 +59,13 @@ __all__ = [
     "SIGNATURE",
     "SIGNED_ID",
     "TWO_COUNTS",
+    "VERDICTS",
     "VERSION",
     "Endpoint",
     "ProtocolError",
     "Reader",
+    "Rejection",
+    "accusation_layout",
     "open_message",
     "pack_list",
     "pack_message",
@@ -62,7 +76,7 @@ _STAGE_CODE = {name: code for code, name in enumerate(STAGES, start=1)}
 _STAGE_NAME = {code: name for name, code in _STAGE_CODE.items()}
 
 MAGIC: bytes = b"SAGG"
-VERSION: int = 1
+VERSION: int = 2
 SERVER_ID: int = 0
 REQUEST: int = 1
 """Direction of a server -> client message."""
@@ -84,9 +98,21 @@ ROSTER_ENTRY = struct.Struct(">Q" + ADVERT.format[1:])
 ROSTER_ENTRY_SIGNED = struct.Struct(">Q" + ADVERT_SIGNED.format[1:])
 """ShareKeys request with ConsistencyCheck: counted list of (id, c^PK, s^PK, vk, sig)."""
 COMMITMENT = struct.Struct(">32s")
-"""ShareKeys reply, first field: the commitment to b_u (then a counted list of CIPHERTEXT_ENTRY)."""
+"""ShareKeys reply, first field: the commitment to b_u; then a counted list of
+CIPHERTEXT_ENTRY, then a counted list of KEY_CHECKS (same receivers, same order)."""
 CIPHERTEXT_ENTRY = struct.Struct(f">Q{CIPHERTEXT_BYTES}s")
 """ShareKeys reply (receiver, ciphertext) and MaskedInputCollection request (sender, ciphertext)."""
+KEY_CHECKS = struct.Struct(f">{KEY_CHECK_BYTES}s{KEY_CHECK_BYTES}s")
+"""ShareKeys reply, per receiver v of u: the pair's key checks in id order, (check of the
+key lo -> hi, check of the key hi -> lo) with lo = min(u, v), hi = max(u, v)
+(:func:`secagg.channel.key_check`): two honest parties send the same record, which the
+server compares before relaying."""
+ACCUSATION_KEYED = struct.Struct(f">Q{SHARE_KEY_BYTES}s")
+"""MaskedInputCollection reply after the masked vector, semi-honest mode: counted list of
+(sender whose shares could not be opened or parsed, AES-GCM key of that sender -> this client)."""
+ACCUSATION = struct.Struct(">Q")
+"""MaskedInputCollection reply after the masked vector, active mode: counted list of senders
+whose shares could not be opened or parsed (no key: the server may be malicious)."""
 ID = struct.Struct(">Q")
 """ConsistencyCheck request: counted list of survivor ids.  Unmasking request: ids."""
 SIGNATURE = struct.Struct(f">{SIGNATURE_BYTES}s")
@@ -94,13 +120,47 @@ SIGNATURE = struct.Struct(f">{SIGNATURE_BYTES}s")
 SIGNED_ID = struct.Struct(f">Q{SIGNATURE_BYTES}s")
 """Unmasking request with ConsistencyCheck: counted list of (signer, signature)."""
 TWO_COUNTS = struct.Struct(">II")
-"""Unmasking request: how many survivor ids, then dropped ids, follow."""
+"""Unmasking request: how many survivor ids, then dropped ids, follow (then, under the
+ConsistencyCheck, a counted list of SIGNED_ID; last, a counted list of ID: the peers whose
+pairwise mask keys are asked for)."""
 REVEALED_SHARE = struct.Struct(f">QB{SHARE_BYTES}s")
-"""Unmasking reply: counted list of (peer, kind, share)."""
+"""Unmasking reply: counted list of (peer, kind, share); then a counted list of PAIRWISE_KEY."""
+PAIRWISE_KEY = struct.Struct(f">Q{SHARE_KEY_BYTES}s")
+"""Unmasking reply: (dropped or excluded peer v, the pairwise mask key s_uv), for the peers
+named in the request's last list (a counted list of ID after the ids and signatures)."""
 KIND_B = 1
 """A share of the self-mask seed b_v of a survivor v."""
 KIND_SK = 2
 """A share of the mask secret key s_v^SK of a dropped v."""
+
+
+REJECTED: str = "rejected"
+"""Verdict: the message was refused (malformed, late, wrong stage, unverifiable)."""
+MALICIOUS: str = "malicious"
+"""Verdict: the server holds proof that the sender deviated from the protocol."""
+VERDICTS: tuple[str, ...] = (REJECTED, MALICIOUS)
+
+
+class Rejection(NamedTuple):
+    """One entry of ``ServerRound.rejections``: what the server refused, from whom, and why.
+
+    ``sender``: the client (as the transport attributed the message; any object for
+    messages from outside the cohort); ``stage``: the protocol stage the verdict is
+    about; ``reason``: why, naming the other party where one is involved;
+    ``verdict``: :data:`REJECTED` or :data:`MALICIOUS` (never against an honest client:
+    see :mod:`secagg.server`).
+    """
+
+    sender: int
+    stage: str
+    reason: str
+    verdict: str = REJECTED
+
+
+def accusation_layout(active: bool) -> struct.Struct:
+    """The accusation record of the MaskedInputCollection reply: with the revealed channel
+    key (semi-honest) or without (active)."""
+    return ACCUSATION if active else ACCUSATION_KEYED
 
 
 def _party(party: int) -> str:
@@ -233,6 +293,13 @@ class Reader:
         block = self.take_bytes(count * layout.size) if count else b""
         return list(layout.iter_unpack(block))
 
+    def take_raw_list(self, layout: struct.Struct, max_count: int) -> tuple[int, memoryview]:
+        """Like :meth:`take_list`, but the records unparsed: (count, zero-copy view of them)."""
+        (count,) = self.take(_COUNT)
+        if count > max_count:
+            raise self.fail(f"list of {count} records, at most {max_count} allowed")
+        return count, self.take_bytes(count * layout.size)
+
     def take_bytes(self, size: int) -> memoryview:
         """The next ``size`` bytes, as a zero-copy view."""
         if len(self._body) - self._offset < size:
@@ -255,9 +322,16 @@ class Endpoint:
     round_idx: int
     party: int
 
-    def pack(self, stage: str, direction: int, receiver: int, body: bytes) -> bytes:
-        """A message from this party to ``receiver``."""
-        return pack_message(stage, direction, self.session, self.round_idx, self.party, receiver, body)
+    def pack(self, stage: str, direction: int, receiver: int, body: bytes | list) -> bytes:
+        """A message from this party to ``receiver``.  ``body``: bytes-like, or a list of
+        bytes-like parts (e.g. a numpy array), joined behind the header in one copy."""
+        if not isinstance(body, list):
+            return pack_message(stage, direction, self.session, self.round_idx, self.party, receiver, body)
+        length = sum(memoryview(part).nbytes for part in body)
+        header = HEADER.pack(
+            MAGIC, VERSION, _STAGE_CODE[stage], direction, 0, self.session, self.round_idx, self.party, receiver, length
+        )
+        return b"".join([header, *body])
 
     def open(self, data: object, stage: str, direction: int, sender: int) -> Reader:
         """A Reader over the body of ``data`` from ``sender``, after :func:`open_message` checks."""

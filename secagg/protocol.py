@@ -21,6 +21,31 @@ shares of survivors, s^SK shares of dropped clients, never both for one client).
 PRG: AES-256-CTR under HKDF-SHA256-derived 256-bit keys.  Flower's SecAgg+ folds its
 seeds to 32 bits and expands them with MT19937; no seed here is narrower than 256
 bits and no numpy/torch/random generator touches anything secret.
+
+Threat models: ``params.active`` False (semi-honest server, possibly malicious
+clients: bad shares are judged with proof, :mod:`secagg.server`) or True (the server
+may deviate too: clients need the PKI, ``ClientRound(..., signing_key=,
+verify_keys=)``, and ``ServerRound(..., verify_keys=)``; the ConsistencyCheck runs).
+
+Writing an attacker.  :func:`drive` carries messages between any objects with the
+methods of the two classes, so a malicious party is a subclass that overrides one
+method (the rest of the protocol stays real), or a loop that rewrites messages
+between :meth:`ServerRound.step` and :meth:`ClientRound.handle`.  Stable hooks:
+
+- client (:class:`ClientRound`): ``_seal(peer, send_key, b_share, sk_share) -> bytes``
+  (the ciphertext for one peer), ``_key_checks(peer, send_key, receive_key)``,
+  ``_open(peer, ciphertext) -> (b_share, sk_share)`` (raise ValueError to report the
+  peer), ``_accusations(failed) -> records``, ``_reveal(b_ids, sk_ids) -> [(peer, kind,
+  share)]``, or a whole stage: ``_advertise_keys``, ``_share_keys``,
+  ``_masked_input_collection``, ``_consistency_check``, ``_unmasking`` (each takes a
+  :class:`~secagg.messages.Reader` over the request body and returns the reply body);
+- server (:class:`ServerRound`): ``_after_advertise_keys``, ``_after_share_keys``,
+  ``_after_masked_input_collection``, ``_after_consistency_check``, ``_after_unmasking``
+  (parsed replies in, ``{client: request}`` out via ``_send(stage, bodies)``),
+  ``_request_unmasking(recipients)`` and ``_unmasking_body(u, b_ids, sk_ids, pk_ids)``.
+
+Wire layouts are in :mod:`secagg.messages`; ``messages.pack_message`` builds a request
+with a valid header for any stage and party.
 """
 
 from __future__ import annotations
@@ -32,7 +57,7 @@ import numpy as np
 
 from secagg.client import ClientRound
 from secagg.graph import graph_for
-from secagg.messages import ProtocolError
+from secagg.messages import ProtocolError, Rejection
 from secagg.params import ProtocolParams
 from secagg.server import ServerRound
 from secagg.stages import (
@@ -43,6 +68,7 @@ __all__ = [
     "ClientRound",
     "ProtocolError",
     "ProtocolParams",
+    "Rejection",
     "ServerRound",
     "drive",
     "run_in_memory",

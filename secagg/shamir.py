@@ -17,13 +17,31 @@ never from a numpy/torch generator.
 Lagrange coefficients depend only on the set of share holders, so
 :class:`LagrangeCache` computes them once per set (the server reconstructs hundreds of
 secrets from the same survivors).
+
+Robust reconstruction (:func:`robust_reconstruct`), for shares that may be wrong (a
+holder that alters what it reveals, a dealer that deals inconsistent shares): given a
+check of the secret (a hash commitment, a public key), it accepts only a candidate that
+passes the check and reports which shares lie off the accepted polynomial.  It first
+decodes with Berlekamp-Welch (Welch and Berlekamp, US patent 4,633,470, 1986; e.g.
+Gemmell and Sudan, "Highly resilient correctors for polynomials", IPL 1992): with h
+shares of a polynomial f of degree < t, find a monic error locator E of degree
+e = floor((h - t) / 2) and Q of degree < t + e with Q(x_i) = y_i E(x_i) for every i,
+one linear system over GF(p) (:func:`solve_mod_p`, Gaussian elimination); then
+f = Q / E, whatever the positions of up to e wrong shares.  The nine limbs share the
+error positions (a wrong share is one holder's), so the system is solved once, for a
+random GF(p)-linear combination of the limbs (drawn after the shares are fixed: a
+wrong share stays wrong in the combination except with probability 1/p); all limbs
+are then interpolated from t shares on the decoded polynomial.  When h < t + 2 (no
+error to correct) or the decoding fails, it tries leaving out one share at a time.
+Cost: O(h^3) field operations for the decoding, on the failure path only.
 """
 
 from __future__ import annotations
 
 import bisect
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -33,15 +51,22 @@ __all__ = [
     "SECRET_BYTES",
     "SHARE_BYTES",
     "LagrangeCache",
+    "RobustResult",
+    "berlekamp_welch",
+    "evaluate_polynomial",
     "evaluation_points",
+    "interpolate_at",
     "join_limbs",
     "lagrange_at_zero",
+    "lagrange_basis_at",
     "random_field_elements",
     "reconstruct",
+    "robust_reconstruct",
     "share_from_bytes",
     "share_secrets",
     "share_to_bytes",
     "shares_from_bytes",
+    "solve_mod_p",
     "split_limbs",
 ]
 
@@ -214,3 +239,193 @@ class LagrangeCache:
             self.misses += 1
             found = self._cache[key] = lagrange_at_zero(key)
         return found
+
+
+# --- robust reconstruction ------------------------------------------------------------------
+
+
+def _inverse(value: int) -> int:
+    return pow(int(value), PRIME - 2, PRIME)
+
+
+def lagrange_basis_at(xs: Sequence[int], targets: Sequence[int]) -> np.ndarray:
+    """lambda_i(x) = prod_{j != i} (x - x_j) / (x_i - x_j) mod p for each target x: shape
+    (len(targets), len(xs)), so that f(x) = sum_i lambda_i(x) f(x_i) for deg f < len(xs).
+
+    Barycentric weights (len(xs) inversions) and prefix/suffix products: O(len(targets)
+    * len(xs)) vectorised work; a target may equal a node."""
+    _check_points(xs)
+    x = np.asarray(xs, dtype=np.uint64)
+    t = x.size
+    weights = np.ones_like(x)
+    for j in range(t):
+        factor = (x + _P - x[j]) % _P
+        factor[j] = 1
+        weights = weights * factor % _P
+    weights = np.array([_inverse(w) for w in weights], dtype=np.uint64)
+    target = np.asarray(targets, dtype=np.uint64) % _P
+    diff = (target[:, None] + _P - x[None, :]) % _P
+    prefix = np.ones((target.size, t + 1), dtype=np.uint64)
+    suffix = np.ones((target.size, t + 1), dtype=np.uint64)
+    for j in range(t):
+        prefix[:, j + 1] = prefix[:, j] * diff[:, j] % _P
+        suffix[:, t - j - 1] = suffix[:, t - j] * diff[:, t - j - 1] % _P
+    return prefix[:, :t] * suffix[:, 1:] % _P * weights[None, :] % _P
+
+
+def interpolate_at(xs: Sequence[int], shares: np.ndarray, targets: Sequence[int]) -> np.ndarray:
+    """f(targets), limb-wise, of the polynomial of degree < len(xs) through (xs, shares):
+    shares (len(xs), LIMBS) -> (len(targets), LIMBS)."""
+    basis = lagrange_basis_at(xs, targets)
+    return (basis[:, :, None] * (shares[None, :, :] % _P) % _P).sum(axis=1, dtype=np.uint64) % _P
+
+
+def evaluate_polynomial(coefficients: Sequence[int], points: Sequence[int]) -> np.ndarray:
+    """sum_j c_j x^j mod p at each point (coefficients lowest degree first), Horner's rule."""
+    x = np.asarray(points, dtype=np.uint64) % _P
+    acc = np.zeros_like(x)
+    for c in reversed([int(c) % PRIME for c in coefficients]):
+        acc = (acc * x + np.uint64(c)) % _P
+    return acc
+
+
+def solve_mod_p(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
+    """One solution x of a x = b over GF(p) (free variables set to 0), or None when the
+    system is inconsistent.  Gauss-Jordan elimination on uint64 rows: every product of
+    two reduced elements is < 2^62.  ``a``: (m, n), ``b``: (m,)."""
+    m, n = a.shape
+    aug = np.empty((m, n + 1), dtype=np.uint64)
+    aug[:, :n] = np.asarray(a, dtype=np.uint64) % _P
+    aug[:, n] = np.asarray(b, dtype=np.uint64) % _P
+    pivots: list[int] = []
+    row = 0
+    for col in range(n):
+        if row == m:
+            break
+        candidates = np.flatnonzero(aug[row:, col])
+        if candidates.size == 0:
+            continue
+        r = row + int(candidates[0])
+        if r != row:
+            aug[[row, r]] = aug[[r, row]]
+        aug[row] = aug[row] * np.uint64(_inverse(aug[row, col])) % _P
+        factors = aug[:, col].copy()
+        factors[row] = 0
+        aug = (aug + (_P - factors[:, None] * aug[row][None, :] % _P)) % _P
+        pivots.append(col)
+        row += 1
+    if np.any(aug[row:, n]):
+        return None
+    x = np.zeros(n, dtype=np.uint64)
+    for i, col in enumerate(pivots):
+        x[col] = aug[i, n]
+    return x
+
+
+def _divide(numerator: Sequence[int], monic: Sequence[int]) -> tuple[list[int], list[int]]:
+    """Quotient and remainder of two polynomials over GF(p) (lowest degree first; the
+    divisor is monic)."""
+    rem = [int(c) % PRIME for c in numerator]
+    den = [int(c) % PRIME for c in monic]
+    e = len(den) - 1
+    quotient = [0] * max(0, len(rem) - e)
+    for k in range(len(rem) - 1, e - 1, -1):
+        coef = rem[k]
+        if coef:
+            quotient[k - e] = coef
+            for j in range(e + 1):
+                rem[k - e + j] = (rem[k - e + j] - coef * den[j]) % PRIME
+    return quotient, rem[:e]
+
+
+def berlekamp_welch(xs: Sequence[int], values: Sequence[int], threshold: int) -> list[int] | None:
+    """The coefficients (lowest first, ``threshold`` of them) of the polynomial f of degree
+    < t that agrees with all but at most e = floor((h - t) / 2) of the h pairs (x_i, y_i),
+    or None when there is none (more than e errors).
+
+    Berlekamp-Welch: solve Q(x_i) = y_i E(x_i) for Q of degree < t + e and E monic of
+    degree e (one linear system over GF(p)), then f = Q / E (exact division).  Any
+    solution works when at most e values are wrong: Q - f E has degree < t + e and
+    vanishes at the >= t + e correct points."""
+    h = len(xs)
+    e = (h - threshold) // 2
+    if threshold < 1 or e < 0:
+        return None
+    x = np.asarray(xs, dtype=np.uint64) % _P
+    y = np.asarray(values, dtype=np.uint64) % _P
+    powers = np.ones((h, threshold + e + 1), dtype=np.uint64)
+    for j in range(1, threshold + e + 1):
+        powers[:, j] = powers[:, j - 1] * x % _P
+    a = np.empty((h, threshold + 2 * e), dtype=np.uint64)
+    a[:, : threshold + e] = powers[:, : threshold + e]
+    a[:, threshold + e :] = (_P - y[:, None] * powers[:, :e] % _P) % _P
+    solution = solve_mod_p(a, y * powers[:, e] % _P)
+    if solution is None:
+        return None
+    q = solution[: threshold + e]
+    locator = [int(c) for c in solution[threshold + e :]] + [1]
+    quotient, remainder = _divide(q, locator)
+    if any(remainder):
+        return None
+    coefficients = (quotient + [0] * threshold)[:threshold]
+    if np.count_nonzero(evaluate_polynomial(coefficients, xs) != y) > e:
+        return None
+    return coefficients
+
+
+class RobustResult(NamedTuple):
+    """What :func:`robust_reconstruct` accepted: ``secret`` (what the check returned),
+    ``on_polynomial`` (one bool per share: on the accepted polynomial), ``method``."""
+
+    secret: object
+    on_polynomial: np.ndarray
+    method: str
+
+
+def robust_reconstruct(
+    xs: Sequence[int],
+    shares: np.ndarray,
+    threshold: int,
+    accept: Callable[[np.ndarray], object | None],
+) -> RobustResult | None:
+    """Reconstruct a secret from h >= t possibly wrong shares (module docstring).
+
+    ``xs``: the h evaluation points; ``shares``: (h, LIMBS); ``accept(limbs)``: the
+    checked secret for candidate limbs, or None to reject them.  Tries, in order, the
+    first t shares, Berlekamp-Welch over all h (when h >= t + 2), and every
+    leave-one-out set; returns the first candidate ``accept`` takes, with the shares off
+    its polynomial marked, or None when no candidate passes.  Corrects up to
+    max(floor((h - t) / 2), 1 if h > t) wrong shares.
+    """
+    h = len(xs)
+    if h < threshold or shares.shape[0] != h:
+        return None
+    points = list(xs)
+    tried: set[tuple[int, ...]] = set()
+
+    def attempt(indices: Sequence[int], method: str) -> RobustResult | None:
+        chosen = tuple(indices[:threshold])
+        if len(chosen) < threshold or chosen in tried:
+            return None
+        tried.add(chosen)
+        nodes = [points[i] for i in chosen]
+        subset = shares[list(chosen)]
+        secret = accept(reconstruct(subset, lagrange_at_zero(nodes)))
+        if secret is None:
+            return None
+        on = np.all(interpolate_at(nodes, subset, points) == shares % _P, axis=1)
+        return RobustResult(secret, on, method)
+
+    found = attempt(range(h), "first t shares")
+    if found is None and h >= threshold + 2:
+        combination = random_field_elements((shares.shape[1],))
+        combined = (shares % _P * combination[None, :] % _P).sum(axis=1, dtype=np.uint64) % _P
+        coefficients = berlekamp_welch(points, combined, threshold)
+        if coefficients is not None:
+            good = np.flatnonzero(evaluate_polynomial(coefficients, points) == combined)
+            found = attempt([int(i) for i in good], "Berlekamp-Welch")
+    for left_out in range(min(h, threshold + 1)):
+        if found is not None:
+            break
+        found = attempt([i for i in range(h) if i != left_out], "leave one out")
+    return found

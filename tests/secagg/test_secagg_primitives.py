@@ -1,7 +1,8 @@
-"""secagg building blocks: Shamir sharing, Lagrange cache, neighbour graphs, parameter
-choice, wire format, share encryption; no insecure randomness in the source.
+"""secagg building blocks: Shamir sharing, Lagrange cache, neighbour graphs, protocol
+parameters, wire format, share encryption; no insecure randomness in the source.
 
-Codecs (both rings, weighted means), the keystream and masks: test_secagg.py."""
+Codecs (both rings, weighted means), the keystream and masks: test_secagg.py; the choice
+and check of (threshold, neighbours): test_params.py."""
 
 from __future__ import annotations
 
@@ -20,13 +21,7 @@ from secagg.channel import CIPHERTEXT_BYTES, open_shares, seal_shares
 from secagg.graph import NeighbourGraph, random_permutation
 from secagg.messages import HEADER, REPLY, ProtocolError, Reader, open_message, pack_message
 from secagg.stages import SHARE_KEYS
-from secagg.params import (
-    ProtocolParams,
-    binomial_cdf_below,
-    check_secagg_params,
-    choose_secagg_params,
-    hypergeometric_tail,
-)
+from secagg.params import ProtocolParams
 from secagg.shamir import (
     PRIME,
     LagrangeCache,
@@ -160,47 +155,7 @@ def test_permutation_is_uniform() -> None:
     assert chi2 < 25.7  # chi-square(5) at p = 1e-4
 
 
-# --- parameters ------------------------------------------------------------------------------
-
-
-def test_probability_helpers_against_direct_sums() -> None:
-    assert math.isclose(binomial_cdf_below(10, 0.5, 3), (1 + 10 + 45) / 1024)
-    assert binomial_cdf_below(5, 0.9, 0) == 0.0
-    assert math.isclose(hypergeometric_tail(10, 3, 4, 2), (3 * 21 + 7) / 210)
-
-
-@pytest.mark.parametrize("graph", ["full", "sparse"])
-@pytest.mark.parametrize(
-    ("n", "dropout", "collusion"), [(20, 0.0, 0), (100, 0.1, 0.1), (500, 0.3, 0.05), (1000, 0.1, 0.1)]
-)
-def test_chosen_params_pass_the_check(graph: str, n: int, dropout: float, collusion: float) -> None:
-    t, k = choose_secagg_params(n, dropout, collusion, graph)
-    check_secagg_params(n, t, k, dropout, collusion)
-    ProtocolParams(SESSION, 1, tuple(range(1, n + 1)), 8, t, neighbours=k)
-    if graph == "full":
-        assert k is None and t > n // 2
-    elif n >= 500:
-        assert k is not None and k < 4 * math.log2(n) ** 1.5  # O(log n), far below n
-
-
-def test_unmeetable_params_raise_clear_errors() -> None:
-    with pytest.raises(ValueError, match=r"threshold must be > collusion = 3"):
-        check_secagg_params(10, 3, None, 0.0, 3)
-    with pytest.raises(ValueError, match="fewer than t holders survive"):
-        check_secagg_params(10, 9, None, 0.2, 0)
-    with pytest.raises(ValueError, match="neighbours must be an even int"):
-        check_secagg_params(10, 2, 3, 0.0, 0)
-    with pytest.raises(ValueError, match="split into parts"):
-        check_secagg_params(1000, 3, 4, 0.3, 0)
-    with pytest.raises(ValueError, match="colluders reach t shares"):
-        check_secagg_params(1000, 3, 30, 0.0, 200)
-    with pytest.raises(ValueError, match="no threshold fits cohort=10"):
-        choose_secagg_params(10, 0.3, 1)
-    assert choose_secagg_params(4, 0.1, 0, max_abort_probability=0.05) == (2, None)
-    with pytest.raises(ValueError, match="dropout_rate"):
-        choose_secagg_params(10, 1.0, 0)
-    with pytest.raises(ValueError, match="collusion"):
-        choose_secagg_params(10, 0.0, 1.5)
+# --- protocol parameters (their choice and check: test_params.py) ----------------------------
 
 
 @pytest.mark.parametrize(
