@@ -11,6 +11,7 @@ import typer
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
+from cli.attack import attack_command
 from cli.budget import budget_app
 from cli.compare import compare_command
 from cli.render import report_error
@@ -53,6 +54,7 @@ def options(
 app.command("run")(run_command)
 app.command("compare")(compare_command)
 app.add_typer(budget_app, name="budget")
+app.command("attack")(attack_command)
 
 
 def main() -> None:
