@@ -20,7 +20,11 @@ class RoundMetrics:
     ``survivors``: clients whose update is in the applied mean (0 when ``aborted``);
     ``dropped``: per protocol stage, the clients lost there;
     ``aborted``: the secure sum did not complete, the global model is unchanged, and
-    ``abort_reason`` says why. ``train_seconds``: the server's wait for local training
+    ``abort_reason`` says why (a sum that failed the decode-time range check aborts as
+    ``corrupted``: not applied, but the server saw it, so it is accounted);
+    ``rejections``: the protocol's named rejections, each ``{"client", "stage",
+    "verdict", "reason"}`` with verdict ``rejected`` (its message was refused) or
+    ``malicious`` (the server holds proof it misbehaved). ``train_seconds``: the server's wait for local training
     (the clients' reports); ``eval_seconds``: evaluation; the rest of ``seconds`` is
     orchestration (cohort, relay, secure aggregation, ledger, accounting, checkpoint).
     """
@@ -40,6 +44,8 @@ class RoundMetrics:
     dropped: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     aborted: bool = False
     abort_reason: str | None = None
+    corrupted: bool = False
+    rejections: tuple[Mapping[str, Any], ...] = ()
     format_version: int = METRICS_FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from fedsim.methods.registry import Phase, phase_steps
 from fedsim.models.lora_params import parameters_by_name
 from fedsim.population import Population, cohort_sampling
 from fedsim.secure_sum.config import dropout_plan, secure_sum_config
+from fedsim.secure_sum.identity import ClientPKI, client_pki
 from fedsim.secure_sum.exchange import client_secure_sum, round_and_phase
 from fedsim.task import Task, fresh_model, model_inputs
 from fedsim.transport.framing import Frame, FrameError, unpack_ids
@@ -47,10 +48,14 @@ def participate_run(config: RunConfig, world: World, task: Task) -> None:
     If the server drops this process it leaves quietly (the server logged why); any
     other failure is sent to the server (FAIL) before it propagates.
     """
-    relay = ClientRelay(world.relay_group, SERVER_RANK, timeout_s=2 * config.timeout_s)
+    relay = ClientRelay(world.store, SERVER_RANK, timeout_s=2 * config.timeout_s, rank=world.rank)
     try:
+        pki = None
+        if config.secagg_threat_model == "active":  # identities for the run, published before the first round
+            hosted = Population(config.population_size, world.num_clients).hosted_by(world.rank)
+            pki = client_pki(world.store, hosted, range(1, config.population_size + 1), config.timeout_s)
         for method_name in config.methods:
-            HostedClients(config, world, task, relay, method_name).participate()
+            HostedClients(config, world, task, relay, method_name, pki).participate()
         relay.receive(Kind.FINISH)
     except Evicted as exc:
         logger.warning("rank %d leaves: %s", world.rank, exc)
@@ -103,8 +108,10 @@ class PhaseTraining:
 class HostedClients:
     """One method at one client process: the trainer, the hosted shards, the secure sums."""
 
-    def __init__(self, config: RunConfig, world: World, task: Task, relay: ClientRelay, method_name: str) -> None:
-        self.config, self.relay, self.device = config, relay, world.device
+    def __init__(
+        self, config: RunConfig, world: World, task: Task, relay: ClientRelay, method_name: str, pki: ClientPKI | None = None,
+    ) -> None:
+        self.config, self.relay, self.device, self.pki = config, relay, world.device, pki
         self.method, model, self.factors = fresh_model(task, method_name, world.device)
         self.params = parameters_by_name(self.factors)
         self.dim_all = flat_size(self.params, self.method.all_sent_names(self.factors))  # the ROUND frame's global state
@@ -156,4 +163,5 @@ class HostedClients:
             session=session, round_idx=frame.round,
             dim=flat_size(self.params, phase.sent_names(self.factors)),
             config=self.secagg, generator=self.rounding, dropouts=self.dropouts,
+            identities=self.pki.identities if self.pki else None, verify_keys=self.pki.verify_keys if self.pki else None,
         )

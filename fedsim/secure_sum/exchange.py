@@ -11,7 +11,13 @@ bytes; this module, with the round's parameters from
   rounding from a CSPRNG-seeded generator, clipping, headroom for the cohort's sum),
 - runs the stages over the relay (:mod:`fedsim.secure_sum.stages`: the server relays every
   message, one frame per process per stage, deadlines, dropouts),
-- decodes the survivors' sum at the server.
+- decodes the survivors' sum at the server and checks it: a sum that no clipped inputs
+  of that many survivors can produce (:meth:`~secagg.encoding.FixedPointCodec.out_of_range`,
+  guard bits in the ring) marks the round corrupted and is never applied.
+
+Threat models (:data:`secagg.params.THREAT_MODELS`): under ``active`` the server and
+every client check every advertised key against the run's PKI
+(:mod:`fedsim.secure_sum.identity`) and each client signs with its identity key.
 
 The server never holds an unmasked update: it holds masked vectors, the shares it is
 given in Unmasking, and the sum.
@@ -19,11 +25,13 @@ given in Unmasking, and the sum.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedsim.secure_sum.config import SecureSumConfig
 from fedsim.secure_sum.dropouts import DropoutPlan
@@ -33,7 +41,7 @@ from secagg.encoding import FixedPointCodec, as_ring_array
 from secagg.graph import NeighbourGraph
 from secagg.protocol import ClientRound, ProtocolError, ServerRound
 
-__all__ = ["SecureSum", "client_secure_sum", "exchange_index", "round_and_phase", "server_secure_sum"]
+__all__ = ["SecureSum", "checked_sum", "client_secure_sum", "exchange_index", "round_and_phase", "server_secure_sum"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +62,8 @@ class SecureSum:
     """The server's result of one secure sum.
 
     ``total``: float32 sum of the survivors' (clipped, encoded) updates, None when the
-    round aborted. ``rejections``: (sender, stage, reason) of every client message the
-    protocol rejected. ``transcript``: everything the server received (stage, sender,
+    round aborted or its sum failed the range check. ``rejections``: (client, stage,
+    reason, verdict) of every client message the protocol rejected. ``transcript``: everything the server received (stage, sender,
     bytes): its whole view of the round.
     """
 
@@ -83,6 +91,7 @@ def server_secure_sum(
     config: SecureSumConfig,
     keep_transcript: bool = False,
     before_input: Callable[[list[int]], None] | None = None,
+    verify_keys: Mapping[int, bytes] | None = None,
 ) -> SecureSum:
     """Run the server's side of one secure sum over the processes ``hosts`` ({rank: client ids}).
 
@@ -92,18 +101,40 @@ def server_secure_sum(
     ``keep_transcript``: keep everything the server received in ``transcript``.
     ``before_input(ranks)``: called when the MaskedInputCollection requests are out,
     before their replies are awaited (see :func:`fedsim.secure_sum.stages.server_stages`).
+    ``verify_keys``: the cohort's identity verify keys (the PKI; required under the
+    active threat model).
     """
     params = config.protocol_params(session, round_idx, cohort, dim)
-    protocol = ServerRound(params, keep_transcript=keep_transcript)
+    protocol = ServerRound(params, keep_transcript=keep_transcript, verify_keys=verify_keys)
     outcome = server_stages(
         relay, hosts, protocol, round_idx=round_idx, cohort=cohort, timeout_s=config.timeout_s, before_input=before_input
     )
-    total = None if outcome.aborted else config.codec(len(cohort)).decode_sum(protocol.result)
-    for sender, stage, reason in protocol.rejections:
-        logger.warning("round %d: rejected client %d at %s: %s", round_idx, sender, stage, reason)
+    total = None
+    if not outcome.aborted:
+        outcome, total = checked_sum(config.codec(len(cohort)), protocol.result, outcome)
+    for client, stage, reason, verdict in outcome.rejections:
+        logger.warning("round %d: %s client %d at %s: %s", round_idx, verdict, client, stage, reason)
     if outcome.aborted:
         logger.warning("round %d: secure sum aborted: %s", round_idx, outcome.abort_reason)
-    return SecureSum(outcome, total, tuple(protocol.rejections), tuple(protocol.transcript))
+    return SecureSum(outcome, total, outcome.rejections, tuple(protocol.transcript))
+
+
+def checked_sum(codec: FixedPointCodec, result, outcome: RoundOutcome) -> tuple[RoundOutcome, torch.Tensor | None]:
+    """The decoded sum, or a corrupted outcome and None when the range check fails.
+
+    No survivor's clipped input moves a coordinate beyond c, so a coordinate of the sum
+    of s survivors beyond s * c proves that some client sent an input outside the code
+    (Bonawitz et al. 2017 sum any ring elements they are given; the check is ours).
+    """
+    survivors = len(outcome.survivors)
+    bad = codec.out_of_range(result, survivors)
+    if not bad:
+        return outcome, codec.decode_sum(result)
+    reason = (
+        f"corrupted: the decoded sum of {survivors} survivors is outside +-{survivors} x {codec.clip_range:g} "
+        f"at {bad} coordinate(s); some client sent an input outside the clip range; the sum is not applied"
+    )
+    return dataclasses.replace(outcome, aborted=True, abort_reason=reason, corrupted=True), None
 
 
 def client_secure_sum(
@@ -117,6 +148,8 @@ def client_secure_sum(
     config: SecureSumConfig,
     generator: torch.Generator,
     dropouts: DropoutPlan | None = None,
+    identities: Mapping[int, Ed25519PrivateKey] | None = None,
+    verify_keys: Mapping[int, bytes] | None = None,
 ) -> RoundOutcome:
     """Take part in one secure sum for the virtual clients ``hosted`` by this process.
 
@@ -125,7 +158,9 @@ def client_secure_sum(
     asked for it (it may train them there), and each is encoded and masked: it leaves
     the process only masked. ``generator`` draws the stochastic-rounding coins (seed it
     from the OS CSPRNG); masks come from fresh X25519 keys and AES-CTR inside the
-    protocol. Returns the outcome the server announced.
+    protocol. ``identities`` / ``verify_keys``: the hosted clients' identity keys and
+    the PKI (required under the active threat model). Returns the outcome the server
+    announced.
     """
     plan = dropouts or DropoutPlan()
     rounds: dict[int, ClientRound] = {}
@@ -137,7 +172,13 @@ def client_secure_sum(
         if mine:
             params = config.protocol_params(session, round_idx, cohort, dim)
             graph = NeighbourGraph(session, round_idx, cohort, params.neighbours)
-            rounds.update({cid: ClientRound(params, cid, graph=graph) for cid in mine})
+            rounds.update({
+                cid: ClientRound(
+                    params, cid, graph=graph, verify_keys=verify_keys,
+                    signing_key=identities.get(cid) if identities is not None else None,
+                )
+                for cid in mine
+            })
             codec = config.codec(len(cohort))
         return rounds
 

@@ -41,6 +41,7 @@ __all__ = [
     "RoundOutcome",
     "ServerStages",
     "client_stages",
+    "named_rejection",
     "server_stages",
 ]
 
@@ -76,7 +77,12 @@ class RoundOutcome:
 
     ``dropped``: per stage, the clients asked at that stage whose answer did not count
     (silent, refused, rejected by the protocol, or their process gone). ``stage_seconds``: wall time of
-    each stage at the server, relay included.
+    each stage at the server, relay included. ``rejections``: the protocol's named
+    rejections, (client, stage, reason, verdict) with verdict ``rejected`` (the message
+    was refused) or ``malicious`` (the server holds proof of misbehaviour).
+    ``corrupted``: the sum completed but failed the decode-time range check, so it was
+    not applied (``aborted`` is then True and ``survivors`` still names whose inputs it
+    summed: the server saw that sum, and the accountant counts it).
     """
 
     cohort: tuple[int, ...]
@@ -85,6 +91,8 @@ class RoundOutcome:
     abort_reason: str | None
     dropped: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     stage_seconds: Mapping[str, float] = field(default_factory=dict)
+    rejections: tuple[tuple[int, str, str, str], ...] = ()
+    corrupted: bool = False
 
 
 _COMPLETED = b"\x00"
@@ -103,6 +111,13 @@ def _outcome_from_frame(frame: Frame, cohort: tuple[int, ...]) -> RoundOutcome:
     aborted = status[:1] == _ABORTED
     reason = status[1:].decode("utf-8", "replace") if aborted else None
     return RoundOutcome(cohort, unpack_ids(frame.entries.get(OutcomeEntry.SURVIVORS, b""), "survivors"), aborted, reason)
+
+
+def named_rejection(rejection: tuple) -> tuple[int, str, str, str]:
+    """(client, stage, reason, verdict) of one protocol rejection (verdict ``rejected`` unless named)."""
+    sender, stage, reason = rejection[:3]
+    verdict = rejection[3] if len(rejection) > 3 else "rejected"
+    return int(sender) if isinstance(sender, int) else -1, str(stage), str(reason), str(verdict)
 
 
 def server_stages(
@@ -154,7 +169,7 @@ def server_stages(
                     replies.update(frame.entries)
             known = len(protocol.rejections)
             next_messages = protocol.step(replies)
-            rejected = {sender for sender, _, _ in protocol.rejections[known:]}
+            rejected = {rejection[0] for rejection in protocol.rejections[known:]}
             lost = tuple(sorted((set(messages) - set(replies)) | (rejected & set(messages))))
             if lost:
                 dropped[stage] = lost
@@ -163,10 +178,12 @@ def server_stages(
     except Exception as exc:  # a protocol bug must not take the server down
         logger.exception("round %d: the protocol failed at the server", round_idx)
         failure = f"protocol error at the server: {exc}"
+    rejections = tuple(named_rejection(r) for r in protocol.rejections)
     if failure is None and not protocol.aborted:
-        outcome = RoundOutcome(cohort, tuple(protocol.survivors), False, None, dropped, seconds)
+        outcome = RoundOutcome(cohort, tuple(protocol.survivors), False, None, dropped, seconds, rejections)
     else:
-        outcome = RoundOutcome(cohort, (), True, failure or protocol.abort_reason or "aborted", dropped, seconds)
+        reason = failure or protocol.abort_reason or "aborted"
+        outcome = RoundOutcome(cohort, (), True, reason, dropped, seconds, rejections)
     for rank in ranks:  # those still live: relay.send skips the dropped
         relay.send(rank, _outcome_frame(round_idx, outcome))
     return outcome

@@ -46,7 +46,8 @@ from fedsim.methods.registry import Phase, phase_steps
 from fedsim.models.lora_params import parameters_by_name
 from fedsim.population import Population, cohort_sampling
 from fedsim.rundir import LEDGER_FILE, method_run_dir
-from fedsim.secure_sum.config import SecureSumConfig, reply_limit, secure_sum_config
+from fedsim.secure_sum.config import SecureSumConfig, reply_limit, secure_sum_config, stage_limits
+from fedsim.secure_sum.identity import read_verify_keys
 from fedsim.secure_sum.exchange import exchange_index, server_secure_sum
 from fedsim.server.callbacks import MethodRun, MetricsToDisk, ProgressEvents, RoundCallback, RoundResult, SummaryToDisk
 from fedsim.server.checkpoint import AdapterCheckpoint
@@ -88,11 +89,15 @@ def serve_run(
     ``callbacks`` run after the default ones (:func:`default_callbacks`), for every method.
     Whatever happens, the relay is closed with bounded waits only.
     """
-    relay = ServerRelay(world.relay_group, range(1, world.world_size), max_body_bytes=1 << 20)
+    relay = ServerRelay(world.store, range(1, world.world_size), max_body_bytes=1 << 20)
     summaries = []
     try:
+        verify_keys = None
+        if config.secagg_threat_model == "active":  # the PKI: from the rendezvous store, not from clients' messages
+            verify_keys = read_verify_keys(world.store, range(1, config.population_size + 1), config.timeout_s)
         for method_name in config.methods:
-            server = MethodServer(config, world, task, relay, method_name, method_run_dir(run_dir, config.methods, method_name))
+            out = method_run_dir(run_dir, config.methods, method_name)
+            server = MethodServer(config, world, task, relay, method_name, out, verify_keys=verify_keys)
             summaries.append(server.serve([*default_callbacks(config, observer), *callbacks]))
     except BaseException as exc:
         relay.close(f"the server stopped the run: {exc}", timeout_s=10.0)
@@ -126,7 +131,10 @@ class TrainingWait:
 class MethodServer:
     """The server for one method: send, securely sum, update; the callbacks account, evaluate, record."""
 
-    def __init__(self, config: RunConfig, world: World, task: Task, relay: ServerRelay, method_name: str, out: Path) -> None:
+    def __init__(
+        self, config: RunConfig, world: World, task: Task, relay: ServerRelay, method_name: str, out: Path,
+        verify_keys: Mapping[int, bytes] | None = None,
+    ) -> None:
         method, model, factors = fresh_model(task, method_name, world.device)
         out.mkdir(parents=True, exist_ok=True)
         self.run = MethodRun(config, task, method, model, factors, out, Ledger(out / LEDGER_FILE), world.device)
@@ -138,6 +146,7 @@ class MethodServer:
         self.sampling = cohort_sampling(config)
         self.planned = self.sampling.expected_size(self.population.size)
         self.session = session_id()  # fresh per method: no message replays across methods
+        self.verify_keys = verify_keys
 
     def serve(self, callbacks: Sequence[RoundCallback]) -> MethodSummary:
         """Run every round of the method; the summary the callbacks completed."""
@@ -150,7 +159,9 @@ class MethodServer:
         for rank in self.relay.live:
             self.relay.send(rank, setup)
         hosted_max = len(self.population.hosted_by(1))
-        self.relay.set_max_body_bytes(reply_limit(flat_size(self.params, self.all_names), cohort=self.population.size, hosted=hosted_max))
+        dim = flat_size(self.params, self.all_names)
+        self.relay.set_max_body_bytes(reply_limit(dim, cohort=self.population.size, hosted=hosted_max))
+        self.relay.set_stage_limits(stage_limits(dim, cohort=self.population.size, hosted=hosted_max))
         for callback in callbacks:
             callback.method_started(run)
         aborted_rounds = 0
@@ -199,7 +210,7 @@ class MethodServer:
             outcomes.append(outcome)
             train_seconds += wait.seconds
             records += sample_level_records(round_idx, wait.reports, config.delta)
-            if config.client_noise_multiplier > 0 and not outcome.aborted:
+            if config.client_noise_multiplier > 0 and (outcome.corrupted or not outcome.aborted):
                 records.append(client_level_record(
                     round_idx, noise_multiplier=config.client_noise_multiplier, sampling=self.sampling,
                     planned=self.planned, population=self.population.size, survivors=len(outcome.survivors), delta=config.delta,
@@ -217,7 +228,7 @@ class MethodServer:
         result = server_secure_sum(
             self.relay, hosts, session=self.session, round_idx=wait.exchange,
             cohort=tuple(sorted(c for ids in hosts.values() for c in ids)),
-            dim=flat_size(self.params, names), config=self.secagg, before_input=wait,
+            dim=flat_size(self.params, names), config=self.secagg, before_input=wait, verify_keys=self.verify_keys,
         )
         if result.mean is not None:
             add_flat(self.params, names, result.mean)
@@ -237,6 +248,11 @@ def round_metrics(run: MethodRun, result: RoundResult, fields: Mapping[str, Any]
         "dropped": dict(outcome.dropped),
         "aborted": outcome.aborted,
         "abort_reason": outcome.abort_reason,
+        "corrupted": outcome.corrupted,
+        "rejections": tuple(
+            {"client": client, "stage": stage, "verdict": verdict, "reason": reason}
+            for client, stage, reason, verdict in outcome.rejections
+        ),
     }
     return record(RoundMetrics, measured, fields)
 

@@ -100,6 +100,8 @@ def merge_outcomes(outcomes: Sequence[RoundOutcome]) -> RoundOutcome:
         aborted=bool(aborted),
         abort_reason="; ".join(o.abort_reason or "" for o in aborted) or None,
         dropped=dropped,
+        rejections=tuple(r for o in outcomes for r in o.rejections),
+        corrupted=any(o.corrupted for o in outcomes),
     )
 
 

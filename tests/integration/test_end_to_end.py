@@ -187,7 +187,8 @@ def test_a_dead_client_is_dropped_and_the_run_goes_on_with_the_survivors(tmp_pat
 
 
 def test_too_few_survivors_end_the_run_cleanly_and_completed_rounds_survive(tmp_path):
-    """Kill one of 2 clients: the protocol cannot run with 1, exit 1 naming why; files intact."""
+    """Kill one of 2 clients: the round in flight aborts (t = 2), the next cannot run with 1:
+    exit 1 naming why; files intact."""
     run_dir = tmp_path / "crash"
     process = start_and_kill_a_client(run_dir, clients=2, rounds=500, after_rounds=2)
     _, stderr = process.communicate(timeout=300)
@@ -196,8 +197,12 @@ def test_too_few_survivors_end_the_run_cleanly_and_completed_rounds_survive(tmp_
     by_round = ledger_rounds(run_dir)
     rounds = sorted(by_round)
     assert rounds == list(range(1, len(rounds) + 1)) and all(by_round[r] == [1, 2] for r in rounds[:-1])
-    metrics = (run_dir / "metrics.jsonl").read_text().splitlines()
-    assert len(metrics) == len(rounds)
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    # t >= 2 (one survivor would be released): the round the death hits aborts; if it hit
+    # before anyone trained, that round has a metrics row and no ledger record
+    assert [m["round"] for m in metrics] == list(range(1, len(metrics) + 1))
+    assert rounds == [m["round"] for m in metrics][: len(rounds)] and len(metrics) - len(rounds) in (0, 1)
+    assert metrics[-1]["aborted"] and "below threshold 2" in metrics[-1]["abort_reason"]
     assert (run_dir / "adapter" / "adapter_config.json").is_file()
 
 
@@ -224,6 +229,26 @@ def test_injected_dropouts_are_survived_recorded_and_an_abort_leaves_the_model_u
     assert metrics[2]["epsilon"] > metrics[1]["epsilon"]
     config = json.loads((run_dir / "config.json").read_text())
     assert config["dropout_schedule"] == {"2": {"ShareKeys": [3]}, "3": {"MaskedInputCollection": [1, 2]}}
+
+
+def test_the_active_threat_model_runs_over_real_processes_with_the_store_pki(tmp_path):
+    """Identity keys through the rendezvous store, signed adverts, the ConsistencyCheck: a
+    client that goes silent at ConsistencyCheck still counts (its masked input is in), and
+    the round completes from the other two signatures (t = 2 > (3 + 0) / 2)."""
+    run_dir = tmp_path / "active"
+    result = result_json(fedsim(
+        "run", "--clients", "3", "--rounds", "2", "--local-steps", "1", "--limit", "200", "--batch-size", "8",
+        "--eval-every", "1000", "--run-dir", str(run_dir), "--secagg-threat-model", "active",
+        "--drop", "2:ConsistencyCheck:3",
+    ))
+    (summary,) = result["results"]
+    assert summary["aborted_rounds"] == 0 and summary["dropped_processes"] == {}
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [(m["survivors"], m["dropped"], m["rejections"]) for m in metrics] == [
+        (3, {}, []), (3, {"ConsistencyCheck": [3]}, []),
+    ]
+    config = json.loads((run_dir / "config.json").read_text())
+    assert (config["secagg_threat_model"], config["secagg_consistency_check"]) == ("active", True)
 
 
 def test_swin_trains_under_opacus_in_a_local_world(tmp_path):

@@ -30,7 +30,7 @@ from fedsim.secure_sum.config import SecureSumConfig
 from fedsim.secure_sum.exchange import client_secure_sum, server_secure_sum
 from secagg.encoding import as_ring_array
 from secagg.protocol import ClientRound
-from tests.support.gloo_world import run_world
+from tests.support.process_world import run_world
 
 HOSTS = {1: (1, 4, 7, 10), 2: (2, 5, 8), 3: (3, 6, 9)}
 COHORT = tuple(range(1, 11))
@@ -172,11 +172,11 @@ def _participate(rank: int, relay: ClientRelay) -> None:
     relay.close()
 
 
-def _worker(rank: int, group, out_dir: Path) -> None:
+def _worker(rank: int, store, out_dir: Path) -> None:
     if rank == 0:
-        _serve(ServerRelay(group, list(HOSTS), max_body_bytes=1 << 24), out_dir)
+        _serve(ServerRelay(store, list(HOSTS), max_body_bytes=1 << 24), out_dir)
     else:
-        _participate(rank, ClientRelay(group, 0, timeout_s=120.0))
+        _participate(rank, ClientRelay(store, 0, timeout_s=120.0, rank=rank))
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +237,7 @@ def test_a_seeded_dropout_rate_leaves_the_exact_survivors_sum(world: dict) -> No
 
 def test_tampered_messages_are_rejected_naming_sender_stage_and_reason(world: dict) -> None:
     result = world["server"][8]
-    reasons = {(sender, stage): reason for sender, stage, reason in result["rejections"]}
+    reasons = {(sender, stage): reason for sender, stage, reason, _verdict in result["rejections"]}
     assert set(reasons) == {(2, "MaskedInputCollection"), (5, "ShareKeys")}
     assert "wrong round" in reasons[(5, "ShareKeys")]
     assert result["outcome"].dropped == {"ShareKeys": (5,), "MaskedInputCollection": (2,)}
