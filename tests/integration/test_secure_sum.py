@@ -49,6 +49,7 @@ class Script:
     rate: float = 0.0
     tamper: dict = field(default_factory=dict)  # (stage, client) -> how its reply is spoiled
     dies: tuple | None = None  # (rank, stage): the process exits when that stage arrives
+    malicious: tuple = ()  # clients that send garbage share ciphertexts to every neighbour
 
 
 SCRIPTS = {
@@ -64,7 +65,8 @@ SCRIPTS = {
     9: Script(config=SecureSumConfig(clip_range=2.0, graph="sparse", neighbours=4, threshold=3)),
     10: Script(config=SecureSumConfig(clip_range=2.0, modulus_bits=64, threshold=4)),
     11: Script(schedule={"ShareKeys": [1, 2, 3, 4, 5, 6, 7]}),  # 3 left, threshold 4: abort
-    12: Script(dies=(3, "MaskedInputCollection")),
+    12: Script(malicious=(5,)),
+    13: Script(dies=(3, "MaskedInputCollection")),
 }
 ROUNDS = tuple(SCRIPTS)
 
@@ -121,6 +123,14 @@ class TamperedRound(ClientRound):
         return _spoil(reply, how) if how else reply
 
 
+class GarbageSealing(ClientRound):
+    """A real ClientRound whose share ciphertexts are random bytes when it is malicious (round 12)."""
+
+    def _seal(self, peer: int, send_key: bytes, b_share: bytes, sk_share: bytes) -> bytes:
+        sealed = super()._seal(peer, send_key, b_share, sk_share)
+        return os.urandom(len(sealed)) if self.client_id in SCRIPTS[12].malicious else sealed
+
+
 def _serve(relay: ServerRelay, out_dir: Path) -> None:
     results = {}
     for round_idx, script in SCRIPTS.items():
@@ -145,7 +155,9 @@ def _serve(relay: ServerRelay, out_dir: Path) -> None:
 
 def _participate(rank: int, relay: ClientRelay) -> None:
     for round_idx, script in SCRIPTS.items():
-        secure_sum_module.ClientRound = TamperedRound if script.tamper else ClientRound
+        secure_sum_module.ClientRound = (
+            TamperedRound if script.tamper else GarbageSealing if script.malicious else ClientRound
+        )
         plan = DropoutPlan(rate=script.rate, schedule={round_idx: script.schedule}, seed=round_idx)
 
         class Dying(DropoutPlan):
@@ -257,11 +269,23 @@ def test_too_few_survivors_abort_the_round(world: dict) -> None:
     assert world["server"][11]["total"] is None
 
 
-def test_a_process_dying_mid_round_drops_its_clients_and_the_sum_goes_on(world: dict) -> None:
+def test_a_client_sending_bad_share_ciphertexts_is_named_and_the_round_completes(world: dict) -> None:
+    """The evaluation's attack over real processes: it used to abort every round and list
+    honest clients as dropped. Now each honest neighbour accuses it with the channel key,
+    the server checks, names it malicious and sums the other nine exactly."""
     result = world["server"][12]
+    named = {(client, verdict) for client, _stage, _reason, verdict in result["rejections"]}
+    assert named == {(5, "malicious")}
+    assert all(stage == "ShareKeys" and "verified by the server" in reason for _, stage, reason, _ in result["rejections"])
+    _check_exact(world, 12, tuple(c for c in COHORT if c != 5))
+    assert result["dropped"] == {}  # its process stays: its other clients are honest
+
+
+def test_a_process_dying_mid_round_drops_its_clients_and_the_sum_goes_on(world: dict) -> None:
+    result = world["server"][13]
     assert "connection lost" in result["dropped"][3]
     assert result["outcome"].dropped["MaskedInputCollection"] == HOSTS[3]
-    _check_exact(world, 12, (1, 2, 4, 5, 7, 8, 10))
+    _check_exact(world, 13, (1, 2, 4, 5, 7, 8, 10))
     assert result["seconds"] < BASE.timeout_s  # seen at once, not at the deadline
     assert world["exit_codes"][3] == 5
 
