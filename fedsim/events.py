@@ -24,7 +24,9 @@ class RoundMetrics:
     ``corrupted``: not applied, but the server saw it, so it is accounted);
     ``rejections``: the protocol's named rejections, each ``{"client", "stage",
     "verdict", "reason"}`` with verdict ``rejected`` (its message was refused) or
-    ``malicious`` (the server holds proof it misbehaved). ``train_seconds``: the server's wait for local training
+    ``malicious`` (the server holds proof it misbehaved); ``disputes``: pairs of clients
+    whose channel-key checks disagreed, ``{"clients": [u, v], "reason"}`` (one of them
+    lied, the server cannot tell which; nothing passed between them). ``train_seconds``: the server's wait for local training
     (the clients' reports); ``eval_seconds``: evaluation; the rest of ``seconds`` is
     orchestration (cohort, relay, secure aggregation, ledger, accounting, checkpoint).
     """
@@ -46,6 +48,7 @@ class RoundMetrics:
     abort_reason: str | None = None
     corrupted: bool = False
     rejections: tuple[Mapping[str, Any], ...] = ()
+    disputes: tuple[Mapping[str, Any], ...] = ()
     format_version: int = METRICS_FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:

@@ -56,7 +56,8 @@ class ServerStages(Protocol):
     abort_reason: str | None
     survivors: tuple[int, ...]
     stage: str
-    rejections: list  # (sender, stage, reason) of every reply the protocol rejected
+    rejections: list  # (sender, stage, reason[, verdict]) of every reply the protocol rejected
+    # optional: ``disputes``, (u, v, reason) of pairs the protocol could not adjudicate
 
     def start(self) -> dict[int, bytes]: ...
 
@@ -82,7 +83,9 @@ class RoundOutcome:
     was refused) or ``malicious`` (the server holds proof of misbehaviour).
     ``corrupted``: the sum completed but failed the decode-time range check, so it was
     not applied (``aborted`` is then True and ``survivors`` still names whose inputs it
-    summed: the server saw that sum, and the accountant counts it).
+    summed: the server saw that sum, and the accountant counts it). ``disputes``: (u, v,
+    reason) of the pairs whose ShareKeys key checks disagreed (nothing was relayed
+    between them; the server cannot tell which one lied, so neither is named).
     """
 
     cohort: tuple[int, ...]
@@ -93,6 +96,7 @@ class RoundOutcome:
     stage_seconds: Mapping[str, float] = field(default_factory=dict)
     rejections: tuple[tuple[int, str, str, str], ...] = ()
     corrupted: bool = False
+    disputes: tuple[tuple[int, int, str], ...] = ()
 
 
 _COMPLETED = b"\x00"
@@ -179,11 +183,12 @@ def server_stages(
         logger.exception("round %d: the protocol failed at the server", round_idx)
         failure = f"protocol error at the server: {exc}"
     rejections = tuple(named_rejection(r) for r in protocol.rejections)
+    disputes = tuple(tuple(d) for d in getattr(protocol, "disputes", ()))
     if failure is None and not protocol.aborted:
-        outcome = RoundOutcome(cohort, tuple(protocol.survivors), False, None, dropped, seconds, rejections)
+        outcome = RoundOutcome(cohort, tuple(protocol.survivors), False, None, dropped, seconds, rejections, False, disputes)
     else:
         reason = failure or protocol.abort_reason or "aborted"
-        outcome = RoundOutcome(cohort, (), True, reason, dropped, seconds, rejections)
+        outcome = RoundOutcome(cohort, (), True, reason, dropped, seconds, rejections, False, disputes)
     for rank in ranks:  # those still live: relay.send skips the dropped
         relay.send(rank, _outcome_frame(round_idx, outcome))
     return outcome

@@ -253,6 +253,7 @@ def round_metrics(run: MethodRun, result: RoundResult, fields: Mapping[str, Any]
             {"client": client, "stage": stage, "verdict": verdict, "reason": reason}
             for client, stage, reason, verdict in outcome.rejections
         ),
+        "disputes": tuple({"clients": [u, v], "reason": reason} for u, v, reason in outcome.disputes),
     }
     return record(RoundMetrics, measured, fields)
 

@@ -102,6 +102,7 @@ def merge_outcomes(outcomes: Sequence[RoundOutcome]) -> RoundOutcome:
         dropped=dropped,
         rejections=tuple(r for o in outcomes for r in o.rejections),
         corrupted=any(o.corrupted for o in outcomes),
+        disputes=tuple(d for o in outcomes for d in o.disputes),
     )
 
 
