@@ -1,6 +1,6 @@
 """Benchmark: a secure-aggregation round vs a plain float32 all_reduce of the same updates.
 
-Starts 1 server + ``--processes`` client processes on this machine (gloo on 127.0.0.1, one
+Starts 1 server + ``--processes`` client processes on this machine (127.0.0.1, one
 torch thread each); n clients are spread over the client processes (virtual clients when
 n exceeds them). For every case it alternates ``--repeats`` times between
 
@@ -55,17 +55,22 @@ class Case:
     injected: float = 0.0  # share of clients made to drop at MaskedInputCollection
     target: float | None = None
     section: str = "ratio"
+    threat_model: str = "semi-honest"
 
 
 def cases(processes: int) -> list[Case]:
     """The issue's targets first, then per-client cost vs n for both graphs."""
     n = processes
-    listed = [
-        Case("d=1e5, complete graph", n, 100_000, target=1.3),
-        Case("d=1e6, SecAgg+ k=2, mod 2^32", n, 1_000_000, graph="sparse", neighbours=2, target=2.0),
-        Case(f"d=1e6, complete graph, n={n}", n, 1_000_000, target=3.0),
-        Case("d=1e6, complete graph, n=16 (virtual)", 16, 1_000_000, target=3.0),
-    ]
+    listed = []
+    for model in ("semi-honest", "active"):
+        tag = "" if model == "semi-honest" else " [active]"
+        listed += [
+            Case(f"d=1e5, complete graph{tag}", n, 100_000, target=1.3, threat_model=model),
+            Case(f"d=1e6, SecAgg+ k=2, mod 2^32{tag}", n, 1_000_000, graph="sparse", neighbours=2, target=2.0,
+                 threat_model=model),
+            Case(f"d=1e6, complete graph, n={n}{tag}", n, 1_000_000, target=3.0, threat_model=model),
+            Case(f"d=1e6, complete graph, n=16 (virtual){tag}", 16, 1_000_000, target=3.0, threat_model=model),
+        ]
     for clients in (4, 8, 16, 100):
         for graph in ("full", "sparse"):
             listed.append(Case(f"n={clients} {graph}", clients, 10_000, graph=graph, dropout_rate=0.01, section="scaling"))
@@ -136,7 +141,26 @@ def _config(case: Case):
         dropout_rate=case.dropout_rate,
         max_abort_probability=1e-3,
         timeout_s=600.0,
+        threat_model=case.threat_model,
     )
+
+
+def _identities(case: Case) -> tuple[dict | None, dict | None]:
+    """Under the active threat model: every client's identity key (derived from its id: a
+    benchmark, not a deployment, so every process can compute the PKI without a store)."""
+    if case.threat_model != "active":
+        return None, None
+    import hashlib
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from secagg.consistency import verify_key_bytes
+
+    keys = {
+        c: Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"bench-identity-%d" % c).digest())
+        for c in range(1, case.clients + 1)
+    }
+    return keys, {c: verify_key_bytes(k) for c, k in keys.items()}
 
 
 def _hosts(case: Case, processes: int) -> dict[int, tuple[int, ...]]:
@@ -161,17 +185,19 @@ def _worker(rank: int, world: int, port: int, listed: list[Case], repeats: int, 
     torch.set_num_threads(1)
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     from fedsim.transport.vocabulary import Kind
-    from fedsim.transport.relay import ClientRelay, ServerRelay, relay_group
+    from fedsim.transport.relay import ClientRelay, ServerRelay
+    from fedsim.transport.world import init_world
     from fedsim.secure_sum.dropouts import DropoutPlan
     from fedsim.secure_sum.config import reply_limit
     from fedsim.secure_sum.exchange import client_secure_sum, server_secure_sum
     from fedsim.secure_sum.stages import client_stages, server_stages
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    world_group = dist.new_group(backend="gloo")
-    relay_pg = relay_group()
+    joined = init_world(rank=rank, world_size=world, local_rank=rank, init_method=f"tcp://127.0.0.1:{port}", timeout_s=3600.0)
+    # a gloo group for the all_reduce baseline and the barriers only (fedsim's relay uses sockets)
+    dist.init_process_group("gloo", store=dist.PrefixStore("bench", joined.store), rank=rank, world_size=world)
+    world_group = dist.group.WORLD
     processes = world - 1
-    relay = ServerRelay(relay_pg, range(1, world), 1 << 20) if rank == 0 else ClientRelay(relay_pg, 0, 3600.0)
+    relay = ServerRelay(joined.store, range(1, world), 1 << 20) if rank == 0 else ClientRelay(joined.store, 0, 3600.0, rank=rank)
     results = {}
     round_idx = 0
     for case in listed:
@@ -180,6 +206,7 @@ def _worker(rank: int, world: int, port: int, listed: list[Case], repeats: int, 
         mine = hosts.get(rank, ())
         updates = {c: torch.randn(case.dim, generator=torch.Generator().manual_seed(c)) * 0.1 for c in mine}
         generator = torch.Generator().manual_seed(rank)
+        identities, verify_keys = _identities(case)
         if rank == 0:
             relay.set_max_body_bytes(reply_limit(case.dim, case.clients, max(len(h) for h in hosts.values())))
         plan = DropoutPlan(rate=case.injected, stages=("MaskedInputCollection",), seed=1)
@@ -190,12 +217,14 @@ def _worker(rank: int, world: int, port: int, listed: list[Case], repeats: int, 
             def secure_round(r=round_idx) -> None:
                 if rank == 0:
                     outcomes.append(server_secure_sum(
-                        relay, hosts, session=SESSION, round_idx=r, cohort=cohort, dim=case.dim, config=config
+                        relay, hosts, session=SESSION, round_idx=r, cohort=cohort, dim=case.dim, config=config,
+                        verify_keys=verify_keys,
                     ).outcome)
                 else:
                     client_secure_sum(
                         relay, mine, lambda ids: {c: updates[c] for c in ids}, session=SESSION, round_idx=r,
                         dim=case.dim, config=config, generator=generator, dropouts=plan,
+                        identities=identities, verify_keys=verify_keys,
                     )
 
             def null_round(r=round_idx) -> None:
@@ -257,7 +286,7 @@ def _report(results: dict, processes: int, repeats: int) -> str:
     ms = lambda xs: 1e3 * statistics.median(xs)  # noqa: E731
     lines = [
         f"secure aggregation round vs plain float32 all_reduce: 1 server + {processes} client processes "
-        f"(n > {processes}: virtual clients), gloo on 127.0.0.1, 1 torch thread each, "
+        f"(n > {processes}: virtual clients), relay over TCP on 127.0.0.1, 1 torch thread each, "
         f"{os.cpu_count()} CPUs; medians of {repeats}",
         "",
         "secure: the whole round; online: MaskedInputCollection + Unmasking, the part after the update",
