@@ -21,6 +21,7 @@ from fedsim.options import BUNDLED_TEXT_MODEL, FIELD_OPTIONS, IMAGE_DATASETS, TE
 from fedsim.rundir import CONFIG_FORMAT_VERSION, FORMAT_VERSION_FIELD, readable_format
 from fedsim.transport.vocabulary import DROPOUT_STAGES
 from secagg.stages import CONSISTENCY_CHECK
+from secagg.threat_models import ACTIVE
 
 
 class ConfigError(FedsimError, ValueError):
@@ -113,7 +114,7 @@ class RunConfig:
                 object.__setattr__(self, name, parse_count_or_fraction(name, getattr(self, name)))
         object.__setattr__(self, "dropout_schedule", parse_dropout_schedule(self.dropout_schedule))
         if self.secagg_consistency_check is None:  # the threat model decides
-            object.__setattr__(self, "secagg_consistency_check", self.secagg_threat_model == "active")
+            object.__setattr__(self, "secagg_consistency_check", self.secagg_threat_model == ACTIVE)
         validate(self)
 
     @property
@@ -191,7 +192,7 @@ def validate(config: RunConfig) -> None:
     _check(c.cohort != "fixed" or (is_int(c.cohort_size) and 2 <= c.cohort_size <= c.population_size), "cohort_size", c.cohort_size, f"an integer in [2, population={c.population_size}] when cohort = 'fixed'")
     _check(c.secagg_neighbours is None or c.secagg_graph == "sparse", "secagg_neighbours", c.secagg_neighbours, "None unless secagg_graph = 'sparse'")
     _check(
-        c.secagg_consistency_check or c.secagg_threat_model != "active",
+        c.secagg_consistency_check or c.secagg_threat_model != ACTIVE,
         "secagg_consistency_check", c.secagg_consistency_check,
         "true (or unset) under secagg_threat_model = 'active', whose guarantees rest on the signed survivor set",
     )

@@ -62,6 +62,7 @@ from secagg.agreement import (
 )
 from secagg.channel import open_shares, seal_shares
 from secagg.params import ProtocolParams
+from secagg.threat_models import ACTIVE
 
 __all__ = ["dropout_lie", "key_substitution"]
 
@@ -85,7 +86,7 @@ def _plan(n: int, threat_model: str) -> tuple[int, str]:
     its own key with the victim, and the victim is relayed only their shares, so it masks
     with them alone); with a ConsistencyCheck both groups need t signatures: 2t <= n.
     """
-    signed = threat_model == "active"
+    signed = threat_model == ACTIVE
     pairwise = pairwise_key_ids(()) is not None
     accepted = [t for t in range(2, n + 1) if threshold_refusal(n, t, threat_model) is None]
     if not accepted:

@@ -42,6 +42,7 @@ from fedsim.attacks.rounds import (
 from secagg import messages as wire
 from secagg import stages
 from secagg.params import ProtocolParams
+from secagg.threat_models import ACTIVE
 
 __all__ = ["both_shares", "replay"]
 
@@ -239,7 +240,7 @@ def replay(threat_model: str, *, clients: int = 7, processes: bool = False) -> A
     def make(round_idx: int, s: bytes = session) -> ProtocolParams:
         return protocol_params(n, t, threat_model, session=s, round_idx=round_idx)
 
-    pki = make_pki(range(1, n + 1)) if threat_model == "active" else None  # one population, as in a run
+    pki = make_pki(range(1, n + 1)) if threat_model == ACTIVE else None  # one population, as in a run
     old = MemoryRound(make(1), pki=pki)
     old.finish()
     other = MemoryRound(make(2, os.urandom(16)), pki=pki)

@@ -47,6 +47,7 @@ from secagg.shamir import (
     reconstruct,
     shares_from_bytes,
 )
+from secagg.threat_models import ACTIVE
 
 __all__ = [
     "ForgeryRefused",
@@ -101,7 +102,7 @@ def protocol_params(
     modulus_bits: int = 32,
 ) -> ProtocolParams:
     """Parameters of a round of clients 1..n under ``threat_model`` (ValueError if refused)."""
-    active = threat_model == "active"
+    active = threat_model == ACTIVE
     return ProtocolParams(
         session=os.urandom(16) if session is None else session,
         round_idx=round_idx,
@@ -124,7 +125,7 @@ def secure_sum_config(threat_model: str, **fields: object):
     known = {f.name for f in dataclasses.fields(SecureSumConfig)}
     if "threat_model" in known:
         fields["threat_model"] = threat_model
-    if threat_model == "active" and "consistency_check" in known:
+    if threat_model == ACTIVE and "consistency_check" in known:
         fields["consistency_check"] = True
     return SecureSumConfig(**{k: v for k, v in fields.items() if k in known})
 

@@ -49,6 +49,7 @@ import torch
 
 from fedsim.attacks.registry import BROKEN, HOLDS, AttackResult
 from fedsim.attacks.rounds import honest_threshold, secure_sum_config, short
+from secagg.threat_models import ACTIVE
 
 __all__ = ["oversize_message"]
 
@@ -111,7 +112,7 @@ def _serve(store, hosts: Mapping[int, tuple[int, ...]], threat_model: str) -> di
     if hasattr(sizing, "stage_limits"):  # per-stage limits, as the server loop sets them
         relay.set_stage_limits(sizing.stage_limits(DIM, cohort=len(cohort), hosted=hosted))
     verify_keys = None
-    if threat_model == "active":
+    if threat_model == ACTIVE:
         from fedsim.secure_sum.identity import read_verify_keys
 
         verify_keys = read_verify_keys(store, cohort, TIMEOUT_S)
@@ -137,7 +138,7 @@ def _serve(store, hosts: Mapping[int, tuple[int, ...]], threat_model: str) -> di
 
 
 def _pki(store, hosted: tuple[int, ...], cohort: tuple[int, ...], threat_model: str):
-    if threat_model != "active":
+    if threat_model != ACTIVE:
         return None
     from fedsim.secure_sum.identity import client_pki
 

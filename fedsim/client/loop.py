@@ -36,6 +36,7 @@ from fedsim.transport.vectors import assign_flat, flat_size
 from fedsim.transport.vocabulary import Kind, RoundEntry, SetupEntry
 from fedsim.transport.world import SERVER_RANK, World
 from secagg.params import SESSION_BYTES
+from secagg.threat_models import ACTIVE
 
 __all__ = ["hosted_shards", "participate_run"]
 
@@ -51,7 +52,7 @@ def participate_run(config: RunConfig, world: World, task: Task) -> None:
     relay = ClientRelay(world.store, SERVER_RANK, timeout_s=2 * config.timeout_s, rank=world.rank)
     try:
         pki = None
-        if config.secagg_threat_model == "active":  # identities for the run, published before the first round
+        if config.secagg_threat_model == ACTIVE:  # identities for the run, published before the first round
             hosted = Population(config.population_size, world.num_clients).hosted_by(world.rank)
             pki = client_pki(world.store, hosted, range(1, config.population_size + 1), config.timeout_s)
         for method_name in config.methods:

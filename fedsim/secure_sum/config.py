@@ -16,6 +16,7 @@ from fedsim.transport.vocabulary import NO_STAGE
 from secagg import stages
 from secagg.encoding import FixedPointCodec, check_ring
 from secagg.params import THREAT_MODELS, ProtocolParams, check_secagg_params, choose_secagg_params, choose_threshold
+from secagg.threat_models import ACTIVE
 
 __all__ = ["GRAPHS", "GUARD_BITS", "MAX_DROPOUT_LIMIT", "SecureSumConfig", "dropout_plan", "reply_limit", "secure_sum_config", "stage_limits"]
 
@@ -82,7 +83,7 @@ class SecureSumConfig:
     @property
     def active(self) -> bool:
         """Whether the active threat model is on (PKI, ConsistencyCheck, t > (s + c) / 2)."""
-        return self.threat_model == "active"
+        return self.threat_model == ACTIVE
 
     def _sizing(self) -> dict:
         return dict(max_abort_probability=self.max_abort_probability, max_dropout=self.max_dropout, active=self.active)

@@ -60,6 +60,7 @@ from fedsim.transport.relay import ServerRelay
 from fedsim.transport.vectors import add_flat, flat_size, flatten
 from fedsim.transport.vocabulary import Kind, RoundEntry, SetupEntry
 from fedsim.transport.world import World
+from secagg.threat_models import ACTIVE
 
 __all__ = ["TooFewClients", "default_callbacks", "serve_run"]
 
@@ -93,7 +94,7 @@ def serve_run(
     summaries = []
     try:
         verify_keys = None
-        if config.secagg_threat_model == "active":  # the PKI: from the rendezvous store, not from clients' messages
+        if config.secagg_threat_model == ACTIVE:  # the PKI: from the rendezvous store, not from clients' messages
             verify_keys = read_verify_keys(world.store, range(1, config.population_size + 1), config.timeout_s)
         for method_name in config.methods:
             out = method_run_dir(run_dir, config.methods, method_name)
