@@ -35,6 +35,12 @@ def compare_reported(folder: Path, records: Sequence) -> list[str]:
     deltas = sorted({r.delta for r in records})
     if len(deltas) > 1:
         return [f"{LEDGER_FILE}: records carry different δ {deltas}; a run has one target δ"]
+    back = next((i for i in range(1, len(records)) if records[i].round < records[i - 1].round), None)
+    if back is not None:  # the audit names the line; composing would mean guessing the order
+        return [
+            f"{LEDGER_FILE}: the reported ε cannot be recomputed: readable record {back + 1} (round "
+            f"{records[back].round}) comes after one of round {records[back - 1].round}"
+        ]
     history = {s.round: s for s in budget_history(records, deltas[0])}
     problems = []
     metrics_path = folder / METRICS_FILE

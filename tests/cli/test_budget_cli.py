@@ -319,3 +319,32 @@ def test_verify_reads_figures_that_carry_the_current_format(copy: Path) -> None:
     (copy / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     code, output = budget("verify", str(copy))
     assert code == 0, output
+
+
+def _rounds_reordered_ledger(out: Path) -> None:
+    """A ledger whose second record (round 1) and third (round 2) trade places, re-chained
+    and re-signed as a whole: its chain and signature hold, its rounds do not."""
+    records = [r for round_ in range(1, ROUNDS + 1) for r in round_records(round_)]
+    records[1], records[2] = records[2], records[1]
+    (out / "ledger.jsonl").unlink()
+    (out / "ledger.sig").unlink()
+    (out / "ledger.pub").unlink()
+    Ledger(out / "ledger.jsonl").append(records)
+
+
+@pytest.mark.parametrize("how", ["raw", "re-chained"])
+def test_verify_names_records_swapped_across_a_round_boundary(copy: Path, how: str) -> None:
+    """It used to crash with a traceback (records[0].round=1 precedes round 2 already added)."""
+    if how == "raw":
+        lines = ledger_lines(copy)
+        lines[1], lines[2] = lines[2], lines[1]
+        (copy / "ledger.jsonl").write_bytes(b"".join(lines))
+    else:
+        _rounds_reordered_ledger(copy)
+    code, output = budget("verify", str(copy))
+    assert code == 1, output
+    assert "Traceback" not in output
+    flat = " ".join(output.split())
+    where = "record 2, line 3" if how == "raw" else "record 3, line 3"  # re-chained: renumbered
+    assert f"{where}: round 1 follows round 2; rounds must not decrease" in flat
+    assert "the reported ε cannot be recomputed: readable record 3 (round 1) comes after one of round 2" in flat
