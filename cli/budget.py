@@ -277,6 +277,57 @@ def verify_command(
     out.print("[bold green]verified[/]")
 
 
+# ------------------------------------------------------------------------------- epsilon
+
+
+@budget_app.command("epsilon")
+def epsilon_command(
+    noise_multiplier: float = typer.Option(..., "--noise-multiplier", help="σ: noise std / L2 sensitivity, a number > 0."),
+    sample_rate: float = typer.Option(..., "--sample-rate", help="q: Poisson inclusion probability, in (0, 1] (1: no subsampling)."),
+    steps: int = typer.Option(..., "--steps", help="T: how many times the mechanism runs, an integer >= 1."),
+    delta: float = typer.Option(1e-5, "--delta", help="δ at which to report ε, in (0, 1)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON: upper, estimate, lower, rdp, method, delta."),
+) -> None:
+    """ε of one mechanism, without a run: T steps of the Poisson-subsampled Gaussian.
+
+    Prints the PRV accountant's certified band (lower ≤ true ε ≤ upper, Gopi
+    et al. 2021; the upper bound is what `fedsim run` reports) and the RDP bound
+    beside it, so a figure can be checked against another accountant.
+
+    Examples:
+
+      fedsim budget epsilon --noise-multiplier 1 --sample-rate 0.01 --steps 10000
+
+      fedsim budget epsilon --noise-multiplier 0.8 --sample-rate 0.0533 --steps 48 --delta 1e-6 --json
+    """
+    if not (math.isfinite(noise_multiplier) and noise_multiplier > 0):
+        invalid("--noise-multiplier", noise_multiplier, "a number > 0")
+    if not (math.isfinite(sample_rate) and 0.0 < sample_rate <= 1.0):
+        invalid("--sample-rate", sample_rate, "a number in (0, 1]")
+    if steps < 1:
+        invalid("--steps", steps, "an integer >= 1")
+    if not (math.isfinite(delta) and 0.0 < delta < 1.0):
+        invalid("--delta", delta, "a number in (0, 1), e.g. 1e-5")
+    from accounting import PoissonSubsampledGaussian, PRVComposer
+
+    mechanism = PoissonSubsampledGaussian(noise_multiplier, sample_rate, steps)
+    composer = PRVComposer()
+    bound = composer.epsilon([mechanism], delta)
+    rdp = composer.rdp_epsilon([mechanism], delta)
+    if as_json:
+        typer.echo(json.dumps({
+            "mechanism": {"name": mechanism.name, "noise_multiplier": noise_multiplier, "sample_rate": sample_rate, "steps": steps},
+            "upper": bound.upper, "estimate": bound.estimate, "lower": bound.lower, "rdp": rdp,
+            "method": bound.method, "delta": delta,
+        }))
+        return
+    Console(soft_wrap=True).print(
+        f"{steps} steps of the Poisson-subsampled Gaussian (σ={noise_multiplier:g}, q={sample_rate:g}) at δ={delta:g}: "
+        f"ε ≤ [bold]{fmt(bound.upper)}[/] ({bound.method} upper bound), estimate {fmt(bound.estimate)}, "
+        f"lower {fmt(bound.lower)}; RDP {fmt(rdp)}"
+    )
+
+
 # ---------------------------------------------------------------------------------- plan
 
 

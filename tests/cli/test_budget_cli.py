@@ -7,6 +7,7 @@ keeps. Tamper tests edit a copy and expect verify to exit 1 naming the record.
 
 from __future__ import annotations
 
+import math
 import json
 import shutil
 from pathlib import Path
@@ -348,3 +349,48 @@ def test_verify_names_records_swapped_across_a_round_boundary(copy: Path, how: s
     where = "record 2, line 3" if how == "raw" else "record 3, line 3"  # re-chained: renumbered
     assert f"{where}: round 1 follows round 2; rounds must not decrease" in flat
     assert "the reported ε cannot be recomputed: readable record 3 (round 1) comes after one of round 2" in flat
+
+
+# ------------------------------------------------------------------------------- epsilon
+
+
+def _exact_gaussian_epsilon(mu: float, delta: float) -> float:
+    """ε of the Gaussian mechanism with μ = sensitivity/σ, from its exact privacy profile
+    (Balle and Wang 2018, Thm. 8): δ(ε) = Φ(−ε/μ + μ/2) − e^ε Φ(−ε/μ − μ/2), solved for ε."""
+    from scipy.optimize import brentq
+    from scipy.stats import norm
+
+    def profile(eps: float) -> float:
+        return norm.cdf(-eps / mu + mu / 2) - math.exp(eps) * norm.cdf(-eps / mu - mu / 2) - delta
+
+    return brentq(profile, 0.0, 100.0, xtol=1e-12)
+
+
+def test_epsilon_brackets_the_exact_gaussian_and_matches_a_run_ledger() -> None:
+    """q = 1, T steps of σ compose to one Gaussian of μ = √T/σ, whose ε is known exactly."""
+    code, output = budget("epsilon", "--noise-multiplier", "2.0", "--sample-rate", "1", "--steps", "9", "--json")
+    assert code == 0, output
+    got = json.loads(output)
+    exact = _exact_gaussian_epsilon(math.sqrt(9) / 2.0, DELTA)
+    assert got["lower"] <= exact <= got["upper"] and got["upper"] - exact < 0.02
+    assert got["rdp"] >= got["upper"] and got["delta"] == DELTA
+    # the figure a run would report for a client that ran these steps
+    code, output = budget("epsilon", "--noise-multiplier", "1.0", "--sample-rate", str(32 / 600), "--steps", "24", "--json")
+    tracker = BudgetTracker(DELTA)
+    for r in range(1, ROUNDS + 1):
+        snapshot = tracker.add(round_records(r))
+    assert json.loads(output)["upper"] == snapshot.clients[1].prv.upper
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--noise-multiplier", "0", "--sample-rate", "0.1", "--steps", "5"], "--noise-multiplier"),
+        (["--noise-multiplier", "1", "--sample-rate", "1.5", "--steps", "5"], "--sample-rate"),
+        (["--noise-multiplier", "1", "--sample-rate", "0.1", "--steps", "0"], "--steps"),
+        (["--noise-multiplier", "1", "--sample-rate", "0.1", "--steps", "5", "--delta", "1"], "--delta"),
+    ],
+)
+def test_epsilon_refuses_bad_input_naming_the_option(args: list[str], named: str) -> None:
+    code, output = budget("epsilon", *args)
+    assert code == 2 and f"{named}=" in output
