@@ -308,16 +308,12 @@ def _honest_codes(codec, n: int, seed: int) -> dict[int, np.ndarray]:
 
 def _checked(codec, params, server) -> tuple[bool, torch.Tensor | None, str]:
     """(flagged, what would be applied, how) with the server's decode-time check."""
-    try:
-        from fedsim.secure_sum.exchange import checked_sum
-        from fedsim.secure_sum.stages import RoundOutcome
-    except ImportError:
-        checked_sum = None
-    if checked_sum is None:
-        return False, codec.decode_sum(server.result), "no decode-time check (exchange.checked_sum) exists"
+    from fedsim.secure_sum.exchange import checked_sum
+    from fedsim.secure_sum.stages import RoundOutcome
+
     outcome = RoundOutcome(params.client_ids, tuple(server.survivors), False, None)
     checked, total = checked_sum(codec, server.result, outcome)
-    flagged = total is None and (checked.aborted or bool(getattr(checked, "corrupted", False)))
+    flagged = total is None and checked.aborted and checked.corrupted
     return flagged, total, checked.abort_reason or "passed"
 
 

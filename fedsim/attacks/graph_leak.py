@@ -75,7 +75,7 @@ def partial_sum(
     """
     n = clients
     config = secure_sum_config(threat_model, graph="sparse")
-    max_dropout = float(getattr(config, "max_dropout", 0.1))
+    max_dropout = config.max_dropout
     colluders = collusion_count(n, config.collusion)
     if shape is None:
         try:

@@ -87,11 +87,10 @@ def _plan(n: int, threat_model: str) -> tuple[int, str]:
     with them alone); with a ConsistencyCheck both groups need t signatures: 2t <= n.
     """
     signed = threat_model == ACTIVE
-    pairwise = pairwise_key_ids(()) is not None
     accepted = [t for t in range(2, n + 1) if threshold_refusal(n, t, threat_model) is None]
     if not accepted:
         raise ValueError(f"no threshold is accepted for {n} clients under {threat_model}")
-    slack = 0 if signed or not pairwise else 1
+    slack = 0 if signed else 1  # survivors reveal pairwise keys with a peer announced dropped
     vulnerable = [t for t in accepted if 2 * t - slack <= n]
     bound = "n/2" if not slack else "(n + 1)/2"
     if vulnerable:
@@ -137,12 +136,11 @@ def dropout_lie(threat_model: str, *, clients: int = 7, processes: bool = False)
     others = [u for u in params.client_ids if u != victim]
     told_alive = [victim, *others[: t - 1]]  # reveal the b-shares of every survivor, the victim's too
     told_dropped = others[t - 1 :]  # reveal the victim's s^SK-share (and their pairwise keys with it)
-    pairwise = pairwise_key_ids(()) is not None
     everyone = params.client_ids
     without_victim = tuple(u for u in everyone if u != victim)
     stories = {u: everyone for u in told_alive} | {u: without_victim for u in told_dropped}
     inputs = rnd.run_to(stages.MASKED_INPUT_COLLECTION)
-    if pairwise and len(told_dropped) >= t - 1:  # the victim masks with the second group only
+    if len(told_dropped) >= t - 1:  # the victim masks with the second group only
         rnd.messages[victim] = _relay_only(inputs[victim], set(told_dropped))
     honest = rnd.run_to(stages.CONSISTENCY_CHECK if params.consistency_check else stages.UNMASKING)
     signatures = {u: b"" for u in everyone}
@@ -164,7 +162,7 @@ def dropout_lie(threat_model: str, *, clients: int = 7, processes: bool = False)
         holds = {u, *_relayed(rnd.requests[stages.MASKED_INPUT_COLLECTION][u])}
         b_ids = tuple(v for v in stories[u] if v in holds)
         sk_ids = (victim,) if dropped else ()
-        keys = pairwise_key_ids((victim,) if dropped else ()) or b""
+        keys = pairwise_key_ids((victim,) if dropped else ())
         forged[u] = request(params, stages.UNMASKING, u, unmasking_body(b_ids, sk_ids, signatures[u] + keys))
     revealed = rnd.answer(forged)
     rnd.check_forgeries()

@@ -248,10 +248,8 @@ def split_tail(rest: bytes, consistency_check: bool) -> tuple[bytes, bytes]:
     return bytes(rest[:end]), bytes(rest[end:])
 
 
-def pairwise_key_ids(ids: Iterable[int]) -> bytes | None:
-    """The request's pairwise-key list naming ``ids``, or None if the protocol has none."""
-    if not hasattr(wire, "PAIRWISE_KEY"):
-        return None
+def pairwise_key_ids(ids: Iterable[int]) -> bytes:
+    """The request's pairwise-key list naming ``ids``."""
     return wire.pack_list(wire.ID, [(v,) for v in ids])
 
 
@@ -260,8 +258,8 @@ def revealed_pairwise_keys(reply: bytes) -> dict[int, bytes]:
     data = body_of(reply)
     (count,) = struct.unpack_from(">I", data)
     offset = 4 + count * wire.REVEALED_SHARE.size
-    layout = getattr(wire, "PAIRWISE_KEY", None)
-    if layout is None or len(data) < offset + 4:
+    layout = wire.PAIRWISE_KEY
+    if len(data) < offset + 4:
         return {}
     (keys,) = struct.unpack_from(">I", data, offset)
     return dict(layout.unpack_from(data, offset + 4 + i * layout.size) for i in range(keys))
@@ -307,14 +305,8 @@ def unmask(params: ProtocolParams, masked: np.ndarray, owner: int, b_seed: bytes
 
 
 def rejections(server: ServerRound) -> list[tuple[int, str, str, str]]:
-    """The server's rejections as (sender, stage, reason, verdict); verdict ``rejected``
-    where the protocol records none."""
-    out = []
-    for rejection in server.rejections:
-        sender, stage, reason = rejection[0], rejection[1], rejection[2]
-        verdict = getattr(rejection, "verdict", rejection[3] if len(rejection) > 3 else "rejected")
-        out.append((sender, str(stage), str(reason), str(verdict)))
-    return out
+    """The server's rejections as plain (sender, stage, reason, verdict) tuples."""
+    return [tuple(rejection) for rejection in server.rejections]
 
 
 def reason_of(error: ProtocolError) -> str:

@@ -109,8 +109,7 @@ def _serve(store, hosts: Mapping[int, tuple[int, ...]], threat_model: str) -> di
     config = _config(threat_model, len(cohort))
     hosted = max(len(ids) for ids in hosts.values())
     relay = ServerRelay(store, list(hosts), max_body_bytes=sizing.reply_limit(DIM, len(cohort), hosted), connect_timeout_s=TIMEOUT_S)
-    if hasattr(sizing, "stage_limits"):  # per-stage limits, as the server loop sets them
-        relay.set_stage_limits(sizing.stage_limits(DIM, cohort=len(cohort), hosted=hosted))
+    relay.set_stage_limits(sizing.stage_limits(DIM, cohort=len(cohort), hosted=hosted))  # as the server loop sets them
     verify_keys = None
     if threat_model == ACTIVE:
         from fedsim.secure_sum.identity import read_verify_keys

@@ -30,6 +30,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -119,7 +120,7 @@ def server_secure_sum(
     return SecureSum(outcome, total, outcome.rejections, tuple(protocol.transcript))
 
 
-def checked_sum(codec: FixedPointCodec, result, outcome: RoundOutcome) -> tuple[RoundOutcome, torch.Tensor | None]:
+def checked_sum(codec: FixedPointCodec, result: np.ndarray, outcome: RoundOutcome) -> tuple[RoundOutcome, torch.Tensor | None]:
     """The decoded sum, or a corrupted outcome and None when the range check fails.
 
     No survivor's clipped input moves a coordinate beyond c, so a coordinate of the sum
