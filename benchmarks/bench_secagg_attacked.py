@@ -26,10 +26,9 @@ import statistics
 
 import numpy as np
 from bench_secagg_scaling import _TimedClient as TimedClient
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedsim.secure_sum.config import SecureSumConfig
-from secagg.consistency import verify_key_bytes
+from fedsim.secure_sum.identity import local_pki
 from secagg.graph import graph_for
 from secagg.protocol import ClientRound, ServerRound, drive
 from secagg.stages import MASKED_INPUT_COLLECTION
@@ -46,8 +45,10 @@ def one_round(n: int, dim: int, threat_model: str, attacked: bool) -> tuple[floa
     """(mean honest client s, server s, (t, k)) of one checked round."""
     config = SecureSumConfig(graph="sparse", threat_model=threat_model, max_dropout=0.1)
     params = config.protocol_params(os.urandom(16), 1, tuple(range(1, n + 1)), dim)
-    keys = {u: Ed25519PrivateKey.generate() for u in params.client_ids} if params.active else {}
-    pki = {u: verify_key_bytes(k) for u, k in keys.items()} if params.active else None
+    keys, pki = {}, None
+    if params.active:
+        local = local_pki(params.client_ids)
+        keys, pki = dict(local.identities), dict(local.verify_keys)
     graph = graph_for(params)
     attacker = 1 if attacked else None
     dead = set(range(n // 10 + 1, 2 * (n // 10) + 1)) if attacked else set()  # 10%, not the attacker

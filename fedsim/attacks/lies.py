@@ -291,7 +291,7 @@ def _substitute(params: ProtocolParams, *, victim: int, variant: str) -> int | s
         if variant.startswith("adverts signed with the server's own"):
             verify_key = consistency.verify_key_bytes(impostor)
         else:
-            verify_key = rnd.pki.verify[w]
+            verify_key = rnd.pki.verify_keys[w]
         entries.append(wire.ROSTER_ENTRY_SIGNED.pack(w, *keys, verify_key, consistency.sign(impostor, payload)))
     forged_roster = request(params, stages.SHARE_KEYS, victim, wire.pack_records(entries))
     reply = rnd.answer({victim: forged_roster}).get(victim)

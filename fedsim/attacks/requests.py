@@ -25,10 +25,8 @@ from collections.abc import Callable
 from fedsim.attacks.registry import BROKEN, HOLDS, AttackResult
 from fedsim.attacks.rounds import (
     MemoryRound,
-    Pki,
     body_of,
     honest_threshold,
-    make_pki,
     protocol_params,
     reason_of,
     rebody,
@@ -39,6 +37,7 @@ from fedsim.attacks.rounds import (
     split_unmasking,
     unmasking_body,
 )
+from fedsim.secure_sum.identity import ClientPKI, local_pki
 from secagg import messages as wire
 from secagg import stages
 from secagg.params import ProtocolParams
@@ -168,7 +167,7 @@ class _Tally:
 
 
 def _to_clients(
-    tally: _Tally, stage: str, params: ProtocolParams, old: MemoryRound, other: MemoryRound, previous: str | None, pki: Pki | None
+    tally: _Tally, stage: str, params: ProtocolParams, old: MemoryRound, other: MemoryRound, previous: str | None, pki: ClientPKI | None
 ) -> None:
     """Replays of server requests at ``stage``, each to a different client of one fresh round."""
     rnd = MemoryRound(params, pki=pki)
@@ -186,7 +185,7 @@ def _to_clients(
 
 
 def _to_server(
-    tally: _Tally, stage: str, params: ProtocolParams, old: MemoryRound, other: MemoryRound, previous: str | None, pki: Pki | None
+    tally: _Tally, stage: str, params: ProtocolParams, old: MemoryRound, other: MemoryRound, previous: str | None, pki: ClientPKI | None
 ) -> None:
     """Replays of client replies at ``stage`` handed to the server of one fresh round."""
     rnd = MemoryRound(params, pki=pki)
@@ -205,7 +204,7 @@ def _to_server(
     tally.outcome(rnd, f"round with replayed {stage} replies")
 
 
-def _ciphertext_replay(tally: _Tally, params: ProtocolParams, old: MemoryRound, pki: Pki | None) -> None:
+def _ciphertext_replay(tally: _Tally, params: ProtocolParams, old: MemoryRound, pki: ClientPKI | None) -> None:
     """Round 1's share ciphertexts for client 1, relayed in a round-2 message."""
     rnd = MemoryRound(params, pki=pki)
     current = rnd.run_to(stages.MASKED_INPUT_COLLECTION)
@@ -221,7 +220,7 @@ def _ciphertext_replay(tally: _Tally, params: ProtocolParams, old: MemoryRound, 
     tally.outcome(rnd, "round with replayed ciphertexts")
 
 
-def _signature_replay(tally: _Tally, params: ProtocolParams, old: MemoryRound, pki: Pki | None) -> None:
+def _signature_replay(tally: _Tally, params: ProtocolParams, old: MemoryRound, pki: ClientPKI | None) -> None:
     """Round 1's ConsistencyCheck signatures in a round-2 Unmasking request (active)."""
     rnd = MemoryRound(params, pki=pki)
     current = rnd.run_to(stages.UNMASKING)
@@ -240,7 +239,7 @@ def replay(threat_model: str, *, clients: int = 7, processes: bool = False) -> A
     def make(round_idx: int, s: bytes = session) -> ProtocolParams:
         return protocol_params(n, t, threat_model, session=s, round_idx=round_idx)
 
-    pki = make_pki(range(1, n + 1)) if threat_model == ACTIVE else None  # one population, as in a run
+    pki = local_pki(range(1, n + 1)) if threat_model == ACTIVE else None  # one population, as in a run
     old = MemoryRound(make(1), pki=pki)
     old.finish()
     other = MemoryRound(make(2, os.urandom(16)), pki=pki)

@@ -22,18 +22,15 @@ import logging
 import os
 import struct
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedsim.errors import FedsimError
-from fedsim.secure_sum.identity import make_identities
+from fedsim.secure_sum.identity import ClientPKI, local_pki
 from secagg import messages as wire
 from secagg import stages
 from secagg.agreement import self_mask_key
 from secagg.client import ClientRound
-from secagg.consistency import verify_key_bytes
 from secagg.graph import NeighbourGraph, graph_for
 from secagg.masking import add_masks_, pairwise_mask_sign
 from secagg.messages import ProtocolError
@@ -52,12 +49,10 @@ from secagg.threat_models import ACTIVE
 __all__ = [
     "ForgeryRefused",
     "MemoryRound",
-    "Pki",
     "accepted_threshold",
     "body_of",
     "garbage_share",
     "honest_threshold",
-    "make_pki",
     "masked_vector",
     "max_ring_error",
     "pairwise_key_ids",
@@ -158,23 +153,6 @@ def honest_threshold(n: int, threat_model: str) -> int:
     if t is None:
         raise ValueError(f"no threshold is accepted for {n} clients under {threat_model}")
     return t
-
-
-# --- the PKI of the active model ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Pki:
-    """Long-term identity keys (``signing``) and the verify keys every party trusts."""
-
-    signing: Mapping[int, Ed25519PrivateKey]
-    verify: Mapping[int, bytes]
-
-
-def make_pki(client_ids: Iterable[int]) -> Pki:
-    """A fresh Ed25519 identity per client and the matching verify keys."""
-    signing = make_identities(client_ids)
-    return Pki(signing, {u: verify_key_bytes(k) for u, k in signing.items()})
 
 
 # --- inputs and sums ---------------------------------------------------------------------------
@@ -359,23 +337,23 @@ class MemoryRound:
         params: ProtocolParams,
         *,
         classes: Mapping[int, type[ClientRound]] | None = None,
-        pki: Pki | None = None,
+        pki: ClientPKI | None = None,
         inputs: Mapping[int, np.ndarray] | None = None,
         seed: int = 0,
     ) -> None:
         self.params = params
         self.graph: NeighbourGraph = graph_for(params)
         if params.active and pki is None:
-            pki = make_pki(params.client_ids)
+            pki = local_pki(params.client_ids)
         self.pki = pki
-        verify = dict(pki.verify) if pki is not None else None
+        verify = dict(pki.verify_keys) if pki is not None else None
         self.server = ServerRound(params, verify_keys=verify, keep_transcript=True, graph=self.graph)
         self.clients: dict[int, ClientRound] = {}
         for u in params.client_ids:
             cls = (classes or {}).get(u, ClientRound)
             kwargs = {"graph": self.graph}
             if pki is not None:
-                kwargs.update(signing_key=pki.signing[u], verify_keys=verify)
+                kwargs.update(signing_key=pki.identities[u], verify_keys=verify)
             self.clients[u] = cls(params, u, **kwargs)
         self.inputs = dict(inputs) if inputs is not None else random_inputs(params, seed)
         for u, client in self.clients.items():

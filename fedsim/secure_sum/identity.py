@@ -42,6 +42,7 @@ __all__ = [
     "ClientPKI",
     "IdentityConflict",
     "client_pki",
+    "local_pki",
     "make_identities",
     "publish_verify_keys",
     "read_verify_keys",
@@ -96,6 +97,13 @@ class ClientPKI:
 
     identities: Mapping[int, Ed25519PrivateKey]
     verify_keys: Mapping[int, bytes]
+
+
+def local_pki(client_ids: Iterable[int]) -> ClientPKI:
+    """Fresh identities for ``client_ids`` and their verify keys, made in this process
+    without a store: for rounds run in memory (attack scenarios, tests, benchmarks)."""
+    identities = make_identities(client_ids)
+    return ClientPKI(identities, {cid: verify_key_bytes(key) for cid, key in identities.items()})
 
 
 def client_pki(store: dist.Store, hosted: Iterable[int], population: Iterable[int], timeout_s: float) -> ClientPKI:

@@ -83,10 +83,9 @@ def test_stage_limits_fit_every_real_reply_and_keep_key_stages_small(threat_mode
     import os
 
     import numpy as np
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from fedsim.secure_sum.config import stage_limits
-    from secagg.consistency import verify_key_bytes
+    from fedsim.secure_sum.identity import local_pki
     from secagg.graph import graph_for
     from secagg.protocol import ClientRound, ServerRound, drive
     from secagg.stages import MASKED_INPUT_COLLECTION, SHARE_KEYS
@@ -94,8 +93,8 @@ def test_stage_limits_fit_every_real_reply_and_keep_key_stages_small(threat_mode
     n, dim = 8, 300
     config = SecureSumConfig(threat_model=threat_model, max_dropout=0.1)
     params = config.protocol_params(os.urandom(16), 1, tuple(range(1, n + 1)), dim)
-    keys = {u: Ed25519PrivateKey.generate() for u in params.client_ids}
-    pki = {u: verify_key_bytes(k) for u, k in keys.items()} if params.active else None
+    local = local_pki(params.client_ids)
+    keys, pki = local.identities, (dict(local.verify_keys) if params.active else None)
     graph = graph_for(params)
     sizes: dict[str, int] = {}
 

@@ -8,6 +8,7 @@ import torch.distributed as dist
 from fedsim.secure_sum.identity import (
     PKI_PREFIX,
     IdentityConflict,
+    local_pki,
     make_identities,
     publish_verify_keys,
     read_verify_keys,
@@ -49,3 +50,10 @@ def test_missing_or_malformed_keys_are_named() -> None:
     store.set(PKI_PREFIX + "2", b"short")
     with pytest.raises(IdentityConflict, match=r"clients \[2\]"):
         read_verify_keys(store, [1, 2], timeout_s=0.2)
+
+
+def test_a_local_pki_pairs_each_identity_with_its_verify_key() -> None:
+    pki = local_pki([1, 2, 3])
+    assert sorted(pki.verify_keys) == [1, 2, 3]
+    assert all(pki.verify_keys[c] == verify_key_bytes(pki.identities[c]) for c in (1, 2, 3))
+    assert len(set(pki.verify_keys.values())) == 3
