@@ -229,7 +229,7 @@ class ServerRound:
         return None
 
     def _reject(self, sender: object, stage: str, reason: str, verdict: str = REJECTED) -> None:
-        _LOG.warning("server: %s client %s at %s: %s", verdict, sender, stage, reason)
+        _LOG.warning("round %d: %s client %s at %s: %s", self.params.round_idx, verdict, sender, stage, reason)
         self.rejections.append(Rejection(sender, stage, reason, verdict))
 
     def _ctx(self) -> dict[str, object]:

@@ -113,8 +113,6 @@ def server_secure_sum(
     total = None
     if not outcome.aborted:
         outcome, total = checked_sum(config.codec(len(cohort)), protocol.result, outcome)
-    for client, stage, reason, verdict in outcome.rejections:
-        logger.warning("round %d: %s client %d at %s: %s", round_idx, verdict, client, stage, reason)
     if outcome.aborted:
         logger.warning("round %d: secure sum aborted: %s", round_idx, outcome.abort_reason)
     return SecureSum(outcome, total, outcome.rejections, tuple(protocol.transcript))
