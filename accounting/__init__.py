@@ -1,13 +1,18 @@
-"""Privacy accounting for fedsim: mechanisms, PRV/RDP composition, budgets, calibration, ledger.
+"""Privacy accounting for fedsim: mechanisms, PRV/RDP composition (Skellam in RDP), budgets, calibration, ledger.
 
 Independent of ``fedsim``, ``secagg``, ``cli`` and ``torch``.
 """
 
 from .budget import (
+    AGAINST,
+    AGAINST_OBSERVERS,
+    AGAINST_SERVER,
     LEVEL_CLIENT,
     LEVEL_SAMPLE,
+    METHOD_SKELLAM_RDP,
     BudgetSnapshot,
     BudgetTracker,
+    ClientLevelBudget,
     PartyBudget,
     budget_history,
     budget_snapshot,
@@ -30,9 +35,13 @@ from .ledger import (
     read_ledger,
 )
 from .mechanisms import (
+    CLIENT_LEVEL_MECHANISMS,
+    GAUSSIAN_MECHANISMS,
     SAMPLING_FIXED_SIZE,
     SAMPLING_POISSON,
     ClientLevelGaussian,
+    DistributedSkellam,
+    GaussianMechanism,
     Mechanism,
     PoissonSubsampledGaussian,
     accounted_history,
@@ -41,8 +50,10 @@ from .mechanisms import (
 )
 from .prv import (
     DEFAULT_EPS_ERROR,
+    DEFAULT_RELATIVE_EPS_ERROR,
     METHOD_ANALYTIC_GAUSSIAN,
     METHOD_NONE,
+    METHOD_PLD,
     METHOD_PRV,
     METHOD_RDP,
     EpsilonBound,
@@ -53,26 +64,39 @@ from .prv import (
     prv_epsilon,
 )
 from .rdp import DEFAULT_ORDERS, compose_rdp, rdp_epsilon, rdp_to_epsilon
+from .skellam import SKELLAM_ORDERS, poisson_subsampled_rdp, skellam_epsilon, skellam_rdp, skellam_rdp_curve
 
 __all__ = [
+    "AGAINST",
+    "AGAINST_OBSERVERS",
+    "AGAINST_SERVER",
+    "CLIENT_LEVEL_MECHANISMS",
     "DEFAULT_EPS_ERROR",
+    "DEFAULT_RELATIVE_EPS_ERROR",
     "DEFAULT_ORDERS",
+    "GAUSSIAN_MECHANISMS",
     "LEDGER_FORMAT_VERSION",
     "LEDGER_FORMAT_VERSIONS",
     "LEVEL_CLIENT",
     "LEVEL_SAMPLE",
     "METHOD_ANALYTIC_GAUSSIAN",
     "METHOD_NONE",
+    "METHOD_PLD",
     "METHOD_PRV",
     "METHOD_RDP",
+    "METHOD_SKELLAM_RDP",
     "SAMPLING_FIXED_SIZE",
     "SAMPLING_POISSON",
+    "SKELLAM_ORDERS",
     "BudgetSnapshot",
     "BudgetTracker",
     "Calibration",
     "CalibrationError",
+    "ClientLevelBudget",
     "ClientLevelGaussian",
+    "DistributedSkellam",
     "EpsilonBound",
+    "GaussianMechanism",
     "Ledger",
     "LedgerAudit",
     "LedgerEntry",
@@ -99,9 +123,13 @@ __all__ = [
     "key_fingerprint",
     "mechanism_from_dict",
     "merge_mechanisms",
+    "poisson_subsampled_rdp",
     "prv_epsilon",
     "rdp_epsilon",
     "rdp_to_epsilon",
     "read_entries",
     "read_ledger",
+    "skellam_epsilon",
+    "skellam_rdp",
+    "skellam_rdp_curve",
 ]

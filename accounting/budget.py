@@ -1,40 +1,63 @@
 """Per-party privacy budgets, recomputed from ledger records alone.
 
-Two kinds of party (docs/architecture.md, "Privacy semantics"):
+Kinds of party (docs/architecture.md, "Privacy semantics"):
 
 * **sample level**, one per client: the client's guarantee about its own records,
   composed from exactly the :class:`~accounting.mechanisms.PoissonSubsampledGaussian`
   records of that client (one accountant per client, fed only the steps it ran);
-* **client level**, the population: the guarantee about any one client's whole
-  contribution, composed from every
-  :class:`~accounting.mechanisms.ClientLevelGaussian` record (``client is None``).
+  PRV upper bound (the guarantee) with its estimate and lower bound, RDP beside it;
+* **client level, continuous Gaussian** (old ledgers), the population: the guarantee
+  about any one client's whole contribution, composed from every
+  :class:`~accounting.mechanisms.ClientLevelGaussian` record (``client is None``);
+* **client level, distributed Skellam**, per client and per adversary, from the
+  :class:`~accounting.mechanisms.DistributedSkellam` records (one per secure sum,
+  ``client is None``, with the ``participants`` whose input reached it), in Rényi DP
+  (:mod:`accounting.skellam`):
 
-Each figure is the PRV upper bound (the guarantee) with its estimate and lower bound,
-and the RDP bound beside it. :class:`BudgetTracker` is what a server keeps for a run:
-it takes each round's records and re-queries cached grids; :func:`budget_snapshot`
-and :func:`budget_history` replay a ledger the same way, so an auditor's figures equal
-the run's to the last bit.
+  - ``against="server"``: the server draws the cohort and sees who took part, so no
+    cohort amplification holds against it: client c's figure composes the unsampled
+    Skellam RDP of exactly the sums whose participants contain c (a client in no sum
+    has spent nothing, and has no entry);
+  - ``against="observers"`` (who see only the released global models): with Poisson
+    cohorts every released sum is, for them, Poisson-subsampled at
+    q = cohort_size / population (Zhu & Wang 2019), whether or not c was in it;
+    fixed-size cohorts claim no amplification, so those sums count as against the
+    server (the sums c is in). The released models are post-processing of the
+    server's view, so the figure reported is min(that, the server figure): with only
+    fixed-size cohorts it *is* the server figure.
+
+:class:`BudgetTracker` is what a server keeps for a run: it takes each round's
+records and re-queries cached grids; :func:`budget_snapshot` and
+:func:`budget_history` replay a ledger the same way. Every figure is computed from the
+canonical (sorted, merged) multiset of the records it covers, so an auditor's figures
+equal the run's to the last bit.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
 from .ledger import LedgerRecord
-from .mechanisms import Mechanism, accounted_history
+from .mechanisms import SAMPLING_POISSON, DistributedSkellam, Mechanism, accounted_history
 from .prv import DEFAULT_EPS_ERROR, EpsilonBound, PRVComposer
 from .rdp import check_delta
+from .skellam import compose_curves, poisson_subsampled_rdp, skellam_epsilon, skellam_rdp_curve
 
 __all__ = [
+    "AGAINST",
+    "AGAINST_OBSERVERS",
+    "AGAINST_SERVER",
     "LEVEL_CLIENT",
     "LEVEL_SAMPLE",
+    "METHOD_SKELLAM_RDP",
     "BudgetSnapshot",
     "BudgetTracker",
+    "ClientLevelBudget",
     "PartyBudget",
     "budget_history",
     "budget_snapshot",
@@ -44,6 +67,14 @@ __all__ = [
 
 LEVEL_SAMPLE = "sample"
 LEVEL_CLIENT = "client"
+
+#: The adversaries a client-level (distributed Skellam) figure is named by.
+AGAINST_SERVER = "server"
+AGAINST_OBSERVERS = "observers"
+AGAINST = (AGAINST_SERVER, AGAINST_OBSERVERS)
+
+#: How a client-level Skellam figure is computed: RDP (accounting.skellam), converted.
+METHOD_SKELLAM_RDP = "skellam_rdp"
 
 #: Quantiles of the clients' epsilon reported beside the worst client.
 DEFAULT_QUANTILES = (0.0, 0.5, 0.9, 1.0)
@@ -107,14 +138,71 @@ class PartyBudget:
         }
 
 
+def check_against(against: str) -> str:
+    """``against`` if it names an adversary (:data:`AGAINST`), else a ValueError naming it."""
+    if against not in AGAINST:
+        raise ValueError(f"against must be one of {list(AGAINST)}, got {against!r}")
+    return against
+
+
+@dataclass(frozen=True)
+class ClientLevelBudget:
+    """Client ``client``'s client-level epsilon at ``delta`` against one adversary.
+
+    ``against`` is ``"server"`` or ``"observers"`` (see the module docstring).
+    ``sums`` and ``rounds`` count the secure sums (and the rounds they fell in) that
+    the figure composes; ``amplified`` says whether cohort amplification lowered it
+    (only ever for observers with Poisson cohorts: when the server figure is the
+    smaller, that is the one reported and ``amplified`` is False). ``order`` is the
+    RDP order of the conversion (nan when nothing was spent).
+    """
+
+    client: int
+    against: str
+    rounds: int
+    sums: int
+    epsilon: float
+    order: float
+    delta: float
+    amplified: bool
+
+    @property
+    def method(self) -> str:
+        return METHOD_SKELLAM_RDP
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat JSON row (``order`` None when nothing was spent)."""
+        return {
+            "client": self.client,
+            "against": self.against,
+            "rounds": self.rounds,
+            "sums": self.sums,
+            "delta": self.delta,
+            "epsilon": self.epsilon,
+            "accountant": self.method,
+            "rdp_order": None if math.isnan(self.order) else self.order,
+            "amplified": self.amplified,
+        }
+
+
 @dataclass(frozen=True)
 class BudgetSnapshot:
-    """Every party's budget after ``round`` (``None``: no record yet) at ``delta``."""
+    """Every party's budget after ``round`` (``None``: no record yet) at ``delta``.
+
+    ``clients``: sample-level budgets; ``population``: the client-level budget of old
+    :class:`~accounting.mechanisms.ClientLevelGaussian` ledgers; ``client_level``:
+    per adversary (``"server"``, ``"observers"``), each client's client-level budget
+    from :class:`~accounting.mechanisms.DistributedSkellam` records (clients in no
+    secure sum are absent: they spent nothing).
+    """
 
     round: Optional[int]
     delta: float
     clients: Mapping[int, PartyBudget] = field(default_factory=dict)
     population: Optional[PartyBudget] = None
+    client_level: Mapping[str, Mapping[int, ClientLevelBudget]] = field(
+        default_factory=lambda: {AGAINST_SERVER: {}, AGAINST_OBSERVERS: {}}
+    )
 
     def parties(self) -> list[PartyBudget]:
         """Sample-level budgets in client order, then the client-level one if any."""
@@ -134,6 +222,110 @@ class BudgetSnapshot:
         uppers = np.array([b.prv.upper for b in self.clients.values()])
         return {float(q): float(np.quantile(uppers, q)) for q in levels}
 
+    def client_level_budgets(self, against: str) -> Mapping[int, ClientLevelBudget]:
+        """Each client's distributed-Skellam client-level budget against ``against`` (by client id)."""
+        return self.client_level.get(check_against(against), {})
+
+    def worst_client_level(self, against: str) -> Optional[ClientLevelBudget]:
+        """The client with the largest client-level epsilon against ``against`` (lowest id on ties)."""
+        budgets = self.client_level_budgets(against)
+        if not budgets:
+            return None
+        return max(budgets.values(), key=lambda b: (b.epsilon, -b.client))
+
+
+_SkellamKey = tuple  # (mu, l1_sensitivity, l2_sensitivity, sampling, cohort_size, population)
+
+
+def _skellam_key(mechanism: DistributedSkellam) -> _SkellamKey:
+    """What a sum's RDP depends on (participants and dim do not enter the bound)."""
+    m = mechanism
+    return (m.mu, m.l1_sensitivity, m.l2_sensitivity, m.sampling, m.cohort_size, m.population)
+
+
+class _SkellamAccount:
+    """The distributed-Skellam part of a :class:`BudgetTracker`: per client, per adversary.
+
+    Keeps the multiset of sums (merged by :func:`_skellam_key`) over all and per
+    client; a figure is always recomputed from the sorted multiset it covers, so it
+    does not depend on the order records arrived in.
+    """
+
+    def __init__(self) -> None:
+        self._poisson: dict[_SkellamKey, int] = {}
+        self._poisson_rounds: set[int] = set()
+        self._per_client: dict[int, dict[_SkellamKey, int]] = {}
+        self._client_rounds: dict[int, set[int]] = {}
+        self._unsampled: dict[_SkellamKey, np.ndarray] = {}
+        self._amplified: dict[_SkellamKey, np.ndarray] = {}
+        self.budgets: dict[str, dict[int, ClientLevelBudget]] = {AGAINST_SERVER: {}, AGAINST_OBSERVERS: {}}
+
+    def add(self, round_: int, mechanism: DistributedSkellam) -> set[int]:
+        """Account one record; returns the clients it touches."""
+        key = _skellam_key(mechanism)
+        if mechanism.steps == 0:
+            return set()
+        if mechanism.sampling == SAMPLING_POISSON:
+            self._poisson[key] = self._poisson.get(key, 0) + mechanism.steps
+            self._poisson_rounds.add(round_)
+        for client in mechanism.participants:
+            counts = self._per_client.setdefault(client, {})
+            counts[key] = counts.get(key, 0) + mechanism.steps
+            self._client_rounds.setdefault(client, set()).add(round_)
+        return set(mechanism.participants)
+
+    def _unsampled_curve(self, key: _SkellamKey) -> np.ndarray:
+        if key not in self._unsampled:
+            self._unsampled[key] = skellam_rdp_curve(key[0], key[1], key[2])
+        return self._unsampled[key]
+
+    def _amplified_curve(self, key: _SkellamKey) -> np.ndarray:
+        if key not in self._amplified:
+            self._amplified[key] = poisson_subsampled_rdp(self._unsampled_curve(key), key[4] / key[5])
+        return self._amplified[key]
+
+    def refresh(self, touched: set[int], poisson_added: bool, delta: float) -> None:
+        """Recompute the figures the last records changed (every observers figure when a
+        Poisson sum was added: the amplified part covers every client)."""
+        computed: dict[tuple, tuple[float, float]] = {}
+
+        def epsilon(signature: tuple, parts: list) -> tuple[float, float]:
+            if signature not in computed:
+                computed[signature] = skellam_epsilon(compose_curves(parts), delta)
+            return computed[signature]
+
+        poisson = tuple(sorted(self._poisson.items()))
+        poisson_parts = [(self._amplified_curve(k), n) for k, n in poisson]
+        poisson_sums = sum(n for _, n in poisson)
+        for client in sorted(touched):
+            own = tuple(sorted(self._per_client[client].items()))
+            eps, order = epsilon(("server", own), [(self._unsampled_curve(k), n) for k, n in own])
+            self.budgets[AGAINST_SERVER][client] = ClientLevelBudget(
+                client=client, against=AGAINST_SERVER, rounds=len(self._client_rounds[client]),
+                sums=sum(n for _, n in own), epsilon=eps, order=order, delta=delta, amplified=False,
+            )
+        for client in sorted(self._per_client) if poisson_added else sorted(touched):
+            server = self.budgets[AGAINST_SERVER][client]
+            fixed = tuple((k, n) for k, n in sorted(self._per_client[client].items()) if k[3] != SAMPLING_POISSON)
+            if not poisson:  # fixed-size cohorts only: no amplification claimed
+                self.budgets[AGAINST_OBSERVERS][client] = replace(server, against=AGAINST_OBSERVERS)
+                continue
+            eps, order = epsilon(
+                ("observers", poisson, fixed), poisson_parts + [(self._unsampled_curve(k), n) for k, n in fixed]
+            )
+            if eps < server.epsilon:
+                # every Poisson sum, and the fixed-size sums c is in (which fall in c's rounds)
+                rounds = len(self._poisson_rounds | self._client_rounds[client]) if fixed else len(self._poisson_rounds)
+                self.budgets[AGAINST_OBSERVERS][client] = ClientLevelBudget(
+                    client=client, against=AGAINST_OBSERVERS, rounds=rounds,
+                    sums=poisson_sums + sum(n for _, n in fixed), epsilon=eps, order=order, delta=delta, amplified=True,
+                )
+            else:
+                self.budgets[AGAINST_OBSERVERS][client] = replace(server, against=AGAINST_OBSERVERS)
+
+    def snapshot(self) -> dict[str, dict[int, ClientLevelBudget]]:
+        return {against: {c: budgets[c] for c in sorted(budgets)} for against, budgets in self.budgets.items()}
+
 
 class BudgetTracker:
     """Running per-party budgets of one run: feed each round's records, read the budgets.
@@ -145,7 +337,7 @@ class BudgetTracker:
 
     Args:
         delta: the delta at which every epsilon is reported, in (0, 1).
-        eps_error: half-width of the PRV band, in (0, 1].
+        eps_error: absolute floor of the PRV band's half-width, in (0, 1] (the band is max(0.4% of ε, eps_error)).
         composer: a :class:`~accounting.prv.PRVComposer` to share (default: a new one).
     """
 
@@ -155,6 +347,7 @@ class BudgetTracker:
         self._histories: dict[Optional[int], list[Mechanism]] = {}
         self._rounds: dict[Optional[int], set[int]] = {}
         self._budgets: dict[Optional[int], PartyBudget] = {}
+        self._skellam = _SkellamAccount()
         self._last_round: Optional[int] = None
 
     @property
@@ -174,10 +367,16 @@ class BudgetTracker:
         """Account ``records`` (typically one round's) and return every party's budget after them."""
         records = _check_records(records)
         touched: set[Optional[int]] = set()
+        skellam_touched: set[int] = set()
+        poisson_added = False
         for index, record in enumerate(records):
             if self._last_round is not None and record.round < self._last_round:
                 raise ValueError(f"records[{index}].round={record.round} precedes round {self._last_round} already added")
             self._last_round = record.round
+            if isinstance(record.mechanism, DistributedSkellam):  # RDP route, per client and adversary
+                skellam_touched |= self._skellam.add(record.round, record.mechanism)
+                poisson_added |= record.mechanism.sampling == SAMPLING_POISSON and record.mechanism.steps > 0
+                continue
             self._histories.setdefault(record.client, []).append(record.mechanism)
             self._rounds.setdefault(record.client, set()).add(record.round)
             touched.add(record.client)
@@ -195,6 +394,8 @@ class BudgetTracker:
                 prv=prv,
                 rdp=rdp,
             )
+        if skellam_touched or poisson_added:
+            self._skellam.refresh(skellam_touched, poisson_added, self.delta)
         return self.snapshot()
 
     def snapshot(self) -> BudgetSnapshot:
@@ -204,6 +405,7 @@ class BudgetTracker:
             delta=self.delta,
             clients={c: self._budgets[c] for c in sorted(k for k in self._budgets if k is not None)},
             population=self._budgets.get(None),
+            client_level=self._skellam.snapshot(),
         )
 
 

@@ -28,6 +28,7 @@ from .prv import DEFAULT_EPS_ERROR, EpsilonBound, PRVComposer
 from .rdp import check_delta
 
 __all__ = [
+    "CLIENT_LEVEL_CAVEAT",
     "DEFAULT_TOLERANCE",
     "SIGMA_RANGE",
     "Calibration",
@@ -43,6 +44,14 @@ logger = logging.getLogger(__name__)
 
 #: Relative tolerance on the noise multiplier (see the module docstring).
 DEFAULT_TOLERANCE = 1e-3
+
+#: What a client-level plan computes, in words (see :class:`Schedule`).
+CLIENT_LEVEL_CAVEAT = (
+    "client level is planned on the continuous-Gaussian model (ClientLevelGaussian, PRV, cohort amplification "
+    "as seen by observers of the released models): a lower bound on the noise a distributed-Skellam run needs. "
+    "The run reports more at this sigma (Skellam RDP with rounded sensitivities; no amplification against the "
+    "server): check its figures with `fedsim run --dry-run` and `fedsim budget show`"
+)
 
 #: Noise multipliers searched: below 0.05 nothing is private, above 1000 nothing is learnt.
 SIGMA_RANGE = (0.05, 1000.0)
@@ -70,7 +79,16 @@ class Schedule:
     Client level (DP-FedAvg, the population's guarantee): ``rounds`` releases, each a
     subsampled Gaussian with q = ``cohort_size / population`` (see
     :class:`~accounting.mechanisms.ClientLevelGaussian` for ``sampling``); leave
-    ``local_steps`` and ``sample_rate`` unset.
+    ``local_steps`` and ``sample_rate`` unset. This is the *continuous-Gaussian model*
+    of client-level DP, seen by observers of the released models (cohort amplification
+    included); it is not what a distributed-Skellam run reports. At the same noise
+    multiplier the run's RDP curves lie pointwise above the subsampled Gaussian's (the
+    Skellam bound is the Gaussian's plus a discreteness term and rounding inflates the
+    sensitivity; Zhu & Wang's subsampling bound is above Mironov et al.'s exact one;
+    against the server no amplification holds), and RDP converts to a looser epsilon
+    than the PRV: the run reports more than this plan, so the sigma calibrated on it
+    is a lower bound on the noise a Skellam run needs for the target
+    (:data:`CLIENT_LEVEL_CAVEAT`).
     """
 
     rounds: int
@@ -114,7 +132,8 @@ class Schedule:
         if self.client_level:
             return (
                 f"{self.rounds} client-level rounds, cohort {self.cohort_size} of {self.population} "
-                f"({'Poisson' if self.sampling == SAMPLING_POISSON else 'fixed size'})"
+                f"({'Poisson' if self.sampling == SAMPLING_POISSON else 'fixed size'}), continuous-Gaussian model "
+                "(a lower bound on the noise a distributed-Skellam run needs)"
             )
         return f"{self.rounds} rounds x {self.local_steps} DP-SGD steps at sample rate {self.sample_rate:g}"
 
@@ -170,7 +189,7 @@ def calibrate(
         target_epsilon: > 0.
         delta: in (0, 1).
         tolerance: relative tolerance on sigma, in (0, 0.1].
-        eps_error: PRV band half-width (as the run will use).
+        eps_error: absolute floor of the PRV band's half-width (as the run will use).
 
     Raises:
         CalibrationError: bad target/tolerance, or the target is missed even at

@@ -50,7 +50,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from .mechanisms import ClientLevelGaussian, Mechanism, PoissonSubsampledGaussian, mechanism_from_dict
+from .mechanisms import CLIENT_LEVEL_MECHANISMS, Mechanism, PoissonSubsampledGaussian, mechanism_from_dict
 
 __all__ = [
     "GENESIS",
@@ -135,7 +135,8 @@ class LedgerRecord:
 
     ``client`` is the party whose guarantee this record feeds: a client id for
     sample-level DP (:class:`PoissonSubsampledGaussian`), ``None`` for a client-level
-    round (:class:`ClientLevelGaussian`), which every member of the population shares.
+    round (:class:`ClientLevelGaussian`) or secure sum (:class:`DistributedSkellam`), which
+    every member of the population shares.
     ``delta`` is the target delta the run was configured for.
     """
 
@@ -146,7 +147,7 @@ class LedgerRecord:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "round", _check_index("round", self.round))
-        if isinstance(self.mechanism, ClientLevelGaussian):
+        if isinstance(self.mechanism, CLIENT_LEVEL_MECHANISMS):
             if self.client is not None:
                 raise ValueError(f"LedgerRecord.client must be None for a client-level round, got {self.client!r}")
         elif isinstance(self.mechanism, PoissonSubsampledGaussian):

@@ -6,6 +6,20 @@ discretised, truncated PRV is composed by FFT and gives ``eps`` with a certified
 ``[lower, upper]`` of half-width ``eps_error`` (their Thm. 5.5), at the cost of
 ``delta_error`` in delta. ``upper`` is the guarantee to report.
 
+**Tolerance relative to eps.** The band's half-width is ``max(relative_eps_error *
+eps, eps_error)`` (defaults 0.4% of eps, floor 1e-5): an absolute half-width (0.01
+until issue 11) put up to 5% of slack on every eps below 1; above eps = 2.5 the band is
+now wider than 0.01, and still within 0.4% of eps. eps is not known before
+the query, so the mesh is sized in two stages, both deterministic functions of the
+canonical history (:func:`mesh_level`): first from the RDP bound (never below the
+truth, so that grid is never finer than needed), then, if that grid's estimate asks
+for a finer one, from the estimate. The certified half-width for ``T`` steps on a mesh
+``h`` is ``h * sqrt(T / 2 * log(12 / delta_error))`` (Gopi et al. Thm. 5.5 for ``T``
+compositions on a domain safe for ``capacity >= T``: :func:`certified_eps_error`);
+meshes are powers of ``2**(1/4)``, so a grid serves many rounds. Reported
+``upper <= eps * (1 + relative_eps_error) + eps(delta - delta_error) - eps(delta)``:
+within 0.5% of the truth on the settings of ``tests/accounting/test_tightness.py``.
+
 How it is computed here, and why:
 
 * **Discretisation** is prv_accountant's, step for step as ``PRVAccountant.__init__``
@@ -31,13 +45,16 @@ server's running figure (:class:`PRVComposer`, cached) and an auditor's recomput
 (:func:`prv_epsilon`, cold) agree to the last bit.
 
 When the PRV numerics cannot be trusted (prv_accountant raises "Discrete mean differs
-from continuous mean significantly" at high eps, the grid would not fit in memory, or
-the answer contradicts an independent bound) we fall back to a sound bound and say so
-in :attr:`EpsilonBound.method`:
+from continuous mean significantly" at high eps, the grid would exceed
+``max_grid_points``: long histories, eps near 0, or the answer contradicts an
+independent bound) we fall back to a sound bound and say so in
+:attr:`EpsilonBound.method`:
 
 * every mechanism at ``sample_rate == 1``: the exact composition of Gaussians
   (Balle & Wang 2018; Dong, Roth, Su 2019) -> ``"analytic_gaussian"``;
-* otherwise Rényi DP (:mod:`accounting.rdp`) -> ``"rdp"``.
+* otherwise dp_accounting's pessimistic connect-the-dots PLD, refined to the same
+  relative tolerance (:mod:`accounting.pld`) -> ``"pld"``;
+* and if that fails too, Rényi DP (:mod:`accounting.rdp`) -> ``"rdp"``.
 
 The PRV of the Poisson-subsampled Gaussian in prv_accountant is the *remove*
 direction ((1-q)N(0,s^2) + qN(1,s^2) against N(0,s^2)), as in Gopi et al. and Opacus.
@@ -51,7 +68,7 @@ import time
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, replace
-from typing import Any, Mapping, Sequence, Union
+from typing import Any, Iterator, Mapping, Sequence, Union
 
 import numpy as np
 from prv_accountant.discretisers import CellCentred
@@ -62,19 +79,25 @@ from scipy.optimize import brentq
 from scipy.special import log_ndtr, ndtr
 
 from .mechanisms import Mechanism, PoissonSubsampledGaussian, accounted_history
+from .pld import DEFAULT_MAX_PLD_POINTS, PLDAccountant, pld_epsilon
 from .rdp import DEFAULT_ORDERS, check_delta, per_step_rdp, rdp_epsilon, rdp_to_epsilon
 
 __all__ = [
     "METHOD_PRV",
+    "METHOD_PLD",
     "METHOD_RDP",
     "METHOD_ANALYTIC_GAUSSIAN",
     "METHOD_NONE",
     "DEFAULT_EPS_ERROR",
     "DEFAULT_MAX_GRID_POINTS",
+    "DEFAULT_RELATIVE_EPS_ERROR",
     "EpsilonBound",
     "PRVComposer",
     "PRVGrid",
+    "certified_eps_error",
     "choose_grid",
+    "grid_for_mesh",
+    "mesh_level",
     "composed_gaussian_mu",
     "gaussian_delta",
     "gaussian_epsilon",
@@ -84,19 +107,30 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 METHOD_PRV = "prv"
+METHOD_PLD = "pld"
 METHOD_RDP = "rdp"
 METHOD_ANALYTIC_GAUSSIAN = "analytic_gaussian"
 METHOD_NONE = "none"  # nothing was released: eps = 0
 
-#: Half-width of the certified band ``[lower, upper]`` around ``eps``. The
-#: ``eps_error=0.1`` of prv_accountant's examples is too coarse for reported figures:
-#: a band 0.2 wide swamps the differences between runs that are being compared.
-DEFAULT_EPS_ERROR = 0.01
+#: Half-width of the certified band ``[lower, upper]`` relative to ``eps``. 0.4% leaves
+#: room under a 1% tightness target for the ``delta_error`` shift (~0.05%), the mesh
+#: being sized from an estimate, and the reference's own discretisation; a grid costs
+#: in proportion to 1 / relative_eps_error.
+DEFAULT_RELATIVE_EPS_ERROR = 0.004
+
+#: Absolute floor of the band's half-width: what counts for eps near 0, where a
+#: relative band would ask for an unbounded grid. 1e-5 is 1% of eps = 1e-3, below any
+#: figure's printed precision.
+DEFAULT_EPS_ERROR = 1e-5
 
 #: Largest PRV grid we attempt, in points summed over the distinct mechanisms. The
 #: discretisation (prv_accountant, long double) costs ~1 us and ~200 bytes a point at
-#: its peak: 8e6 points is ~10 s and ~2 GB once per grid.
-DEFAULT_MAX_GRID_POINTS = 8_000_000
+#: its peak: 2**19 points is ~0.5 s and ~100 MB once per grid. Larger compositions go
+#: to the PLD (:mod:`accounting.pld`), which is as tight and faster there.
+DEFAULT_MAX_GRID_POINTS = 2**19
+
+#: Meshes are powers of 2**(1 / MESH_STEPS_PER_OCTAVE) (<= 19% finer than needed).
+MESH_STEPS_PER_OCTAVE = 4
 
 #: Discretised PRVs a :class:`PRVComposer` keeps (16 bytes per grid point each).
 DEFAULT_CACHE_BYTES = 512 * 2**20
@@ -112,6 +146,7 @@ L_STEPS_PER_OCTAVE = 8
 MAX_HALF_WIDTH = 700.0
 
 PRVFailure = (RuntimeError, MemoryError, ValueError, OverflowError, FloatingPointError)
+PLDFailure = (RuntimeError, MemoryError, ValueError, OverflowError, FloatingPointError, ZeroDivisionError)
 
 class PRVUnavailable(RuntimeError):
     """The PRV computation was not attempted or its result was rejected."""
@@ -122,9 +157,10 @@ class EpsilonBound:
     """Epsilon at ``delta`` with its certified band.
 
     ``lower <= true eps <= upper`` for ``method == "prv"`` (Gopi et al. 2021, Thm. 5.5);
-    ``estimate`` is the point estimate. For the fallbacks (``"rdp"``,
+    ``estimate`` is the point estimate. For the fallbacks (``"pld"``, ``"rdp"``,
     ``"analytic_gaussian"``) and ``"none"``, ``lower == estimate == upper``: for
-    ``"rdp"`` it is an upper bound only (the true eps may be smaller); for
+    ``"pld"`` and ``"rdp"`` it is an upper bound only (the true eps may be smaller;
+    ``"pld"`` is within its tolerance of it, :mod:`accounting.pld`); for
     ``"analytic_gaussian"`` it is exact (rounded up).
     """
 
@@ -178,6 +214,13 @@ def _check_eps_error(eps_error: float) -> float:
     if not 0.0 < float(eps_error) <= 1.0:
         raise ValueError(f"eps_error must be in (0, 1], got {eps_error!r}")
     return float(eps_error)
+
+
+def _check_relative_eps_error(relative_eps_error: float) -> float:
+    value = relative_eps_error
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not 0.0 <= float(value) <= 0.1:
+        raise ValueError(f"relative_eps_error must be a real number in [0, 0.1], got {value!r}")
+    return float(value)
 
 
 # ------------------------------------------------------- exact composition of Gaussians
@@ -254,6 +297,26 @@ def mesh_size(capacity: int, eps_error: float, delta_error: float) -> float:
     return eps_error / math.sqrt(capacity / 2.0 * math.log(12.0 / delta_error))
 
 
+def certified_eps_error(mesh: float, steps: int, delta_error: float) -> float:
+    """Half-width of the eps band that a mesh certifies for ``steps`` compositions: the inverse of :func:`mesh_size`.
+
+    Gopi et al. 2021, Thm. 5.5: ``mesh * sqrt(steps / 2 * log(12 / delta_error))``, on a
+    domain safe for at least ``steps`` compositions.
+    """
+    return mesh * math.sqrt(steps / 2.0 * math.log(12.0 / delta_error))
+
+
+def mesh_level(target_eps_error: float, steps: int, delta_error: float) -> int:
+    """The coarsest mesh ``2**(k / MESH_STEPS_PER_OCTAVE)`` that certifies ``target_eps_error`` for ``steps``: k.
+
+    Rounding to a power of ``2**(1/4)`` makes the mesh, hence the grid, the same for
+    many histories, so a growing history re-queries cached discretisations.
+    """
+    if not (target_eps_error > 0.0 and math.isfinite(target_eps_error)):
+        raise PRVUnavailable(f"no mesh for a target half-width of {target_eps_error!r}")
+    return math.floor(math.log2(mesh_size(steps, target_eps_error, delta_error)) * MESH_STEPS_PER_OCTAVE)
+
+
 def safe_half_width(
     per_step_curves: Sequence[np.ndarray], capacity: int, eps_error: float, delta_error: float
 ) -> float:
@@ -315,20 +378,41 @@ def choose_grid(
     eps_error: float,
     per_step_curves: Sequence[np.ndarray],
 ) -> PRVGrid:
-    """The grid of a canonical history (:func:`accounting.mechanisms.accounted_history`).
+    """The grid certifying the absolute half-width ``eps_error`` for a canonical history's capacity.
 
     ``capacity`` = :func:`grid_capacity` of the total steps; mesh by Thm. 5.5 for
-    ``capacity``; L by :func:`safe_half_width` for the history's mechanisms at
-    ``capacity`` steps, rounded up to ``2**(k/8)``, then to an FFT-friendly length.
+    ``capacity`` (:func:`mesh_size`); the domain as :func:`grid_for_mesh`.
     Depends on nothing but its arguments.
     """
     capacity = grid_capacity(sum(m.steps for m in history))
+    mesh = mesh_size(capacity, eps_error, delta * DELTA_ERROR_FRACTION)
+    return _build_grid(capacity, delta, eps_error, mesh, per_step_curves)
+
+
+def grid_for_mesh(
+    history: Sequence[PoissonSubsampledGaussian],
+    delta: float,
+    mesh: float,
+    per_step_curves: Sequence[np.ndarray],
+) -> PRVGrid:
+    """The grid of spacing ``mesh`` for a canonical history (:func:`accounting.mechanisms.accounted_history`).
+
+    ``capacity`` = :func:`grid_capacity` of the total steps, ``eps_error`` what the mesh
+    certifies for ``capacity`` steps (:func:`certified_eps_error`); L by
+    :func:`safe_half_width` for the history's mechanisms at ``capacity`` steps, rounded
+    up to ``2**(k/8)``, then to an FFT-friendly length. Depends on nothing but its arguments.
+    """
+    capacity = grid_capacity(sum(m.steps for m in history))
+    eps_error = certified_eps_error(mesh, capacity, delta * DELTA_ERROR_FRACTION)
+    return _build_grid(capacity, delta, eps_error, mesh, per_step_curves)
+
+
+def _build_grid(capacity: int, delta: float, eps_error: float, mesh: float, per_step_curves: Sequence[np.ndarray]) -> PRVGrid:
     delta_error = delta * DELTA_ERROR_FRACTION
     needed = safe_half_width(per_step_curves, capacity, eps_error, delta_error)
     if not needed <= MAX_HALF_WIDTH:
         raise PRVUnavailable(f"safe PRV domain half-width {needed:.4g} exceeds {MAX_HALF_WIDTH}")
     rounded = 2.0 ** (math.ceil(math.log2(needed) * L_STEPS_PER_OCTAVE) / L_STEPS_PER_OCTAVE)
-    mesh = mesh_size(capacity, eps_error, delta_error)
     half_width, size = _fft_friendly_half_width(rounded, mesh)
     t_min = float(Domain.create_aligned(-half_width, half_width, mesh).t_min())
     return PRVGrid(capacity, eps_error, delta_error, half_width, mesh, size, t_min)
@@ -429,30 +513,39 @@ class PRVComposer:
     """Epsilon of histories, with discretised PRVs cached per grid.
 
     Keep one per run (the server) or per audit: re-querying a grown history costs one
-    FFT on a cached grid; a grid is built (discretised, ~1 us a point) the first time a
-    capacity is reached, or ahead of time with :meth:`prepare`. Figures do not depend
-    on the cache: :meth:`epsilon` equals :func:`prv_epsilon` to the last bit.
+    or two FFTs on cached grids; a grid is built (discretised, ~1 us a point) the
+    first time its capacity and mesh are reached, or ahead of time with
+    :meth:`prepare`. Figures do not depend on the cache: :meth:`epsilon` equals
+    :func:`prv_epsilon` to the last bit.
 
     Args:
-        eps_error: half-width of the certified band, in (0, 1]; <= 0.01 recommended.
+        eps_error: absolute floor of the band's half-width, in (0, 1]; with
+            ``relative_eps_error == 0`` the half-width itself (prv_accountant's
+            ``eps_error``, the grid sized for the history's capacity).
+        relative_eps_error: half-width relative to eps, in [0, 0.1]; 0 turns it off.
         max_grid_points: cap on a grid's points summed over distinct mechanisms;
             larger compositions fall back (memory/time guard).
         max_cache_bytes: discretised PRVs kept, least recently used evicted first.
+        max_pld_points: cap on one step's PLD in the PLD fallback.
     """
 
     def __init__(
         self,
         eps_error: float = DEFAULT_EPS_ERROR,
         *,
+        relative_eps_error: float = DEFAULT_RELATIVE_EPS_ERROR,
         max_grid_points: int = DEFAULT_MAX_GRID_POINTS,
         max_cache_bytes: int = DEFAULT_CACHE_BYTES,
+        max_pld_points: int = DEFAULT_MAX_PLD_POINTS,
     ) -> None:
         self.eps_error = _check_eps_error(eps_error)
+        self.relative_eps_error = _check_relative_eps_error(relative_eps_error)
         for name, value in (("max_grid_points", max_grid_points), ("max_cache_bytes", max_cache_bytes)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 2:
                 raise ValueError(f"{name} must be an integer >= 2, got {value!r}")
         self.max_grid_points = max_grid_points
         self.max_cache_bytes = max_cache_bytes
+        self._pld = PLDAccountant(max_points=max_pld_points)
         self._rdp_curves: dict[tuple[float, float], np.ndarray] = {}
         self._discrete: OrderedDict[tuple[PRVGrid, float, float], Union[DiscretePRV, Exception]] = OrderedDict()
         self._cached_bytes = 0
@@ -497,9 +590,10 @@ class PRVComposer:
     def prepare(self, mechanisms: Sequence[Mechanism], delta: float) -> None:
         """Build ahead the grids that the growing prefixes of this history will use.
 
-        For each capacity (:func:`grid_capacity`) up to the history's total steps, warms the
-        grid of the history scaled (in proportion) to that many steps. Only speed
-        changes: figures never depend on what is cached.
+        For each capacity (:func:`grid_capacity`) up to the history's total steps, takes
+        the history scaled (in proportion) to the first and the last step count of
+        that capacity, and warms every grid between the meshes those two use (both
+        stages). Only speed changes: figures never depend on what is cached.
         """
         history = accounted_history(mechanisms)
         total = sum(m.steps for m in history)
@@ -507,12 +601,19 @@ class PRVComposer:
             return
         delta = check_delta(delta)
         capacities = sorted({grid_capacity(n) for n in range(1, grid_capacity(total) + 1)})
+        previous = 0
         for capacity in capacities:
-            scaled = tuple(replace(m, steps=max(1, math.ceil(m.steps * capacity / total))) for m in history)
+            ends = sorted({previous + 1, capacity})
+            previous = capacity
+            scaled = [tuple(replace(m, steps=max(1, math.ceil(m.steps * n / total))) for m in history) for n in ends]
             try:
-                grid = self._grid(scaled, delta)
-                for mechanism in scaled:
-                    self._discretised(mechanism, grid)
+                levels = [level for h in scaled for level in self._prv_levels(h, delta)]
+                if not levels:  # absolute mode: one grid per capacity, built above
+                    continue
+                for level in range(min(levels), max(levels) + 1):
+                    grid = self._grid(scaled[-1], delta, level)
+                    for mechanism in scaled[-1]:
+                        self._discretised(mechanism, grid)
             except (PRVUnavailable,) + PRVFailure as exc:
                 logger.debug("prepare: capacity %d not warmed (%s)", capacity, exc)
 
@@ -524,9 +625,17 @@ class PRVComposer:
             self._rdp_curves[key] = per_step_rdp(noise_multiplier, sample_rate)
         return self._rdp_curves[key]
 
-    def _grid(self, history: Sequence[PoissonSubsampledGaussian], delta: float) -> PRVGrid:
+    def _target(self, eps: float) -> float:
+        """The band's half-width asked for at ``eps``: ``max(relative_eps_error * eps, eps_error)``."""
+        return max(self.relative_eps_error * eps, self.eps_error) if math.isfinite(eps) else math.inf
+
+    def _grid(self, history: Sequence[PoissonSubsampledGaussian], delta: float, level: Union[int, None]) -> PRVGrid:
+        """The grid of mesh level ``level`` (:func:`mesh_level`), or ``None``: the absolute ``eps_error`` grid."""
         curves = [self._per_step_rdp(m.noise_multiplier, m.sample_rate) for m in history]
-        grid = choose_grid(history, delta, self.eps_error, curves)
+        if level is None:
+            grid = choose_grid(history, delta, self.eps_error, curves)
+        else:
+            grid = grid_for_mesh(history, delta, 2.0 ** (level / MESH_STEPS_PER_OCTAVE), curves)
         if grid.size * len(history) > self.max_grid_points:
             raise PRVUnavailable(
                 f"PRV grid of {grid.size} points x {len(history)} distinct mechanism(s) exceeds "
@@ -553,20 +662,62 @@ class PRVComposer:
             raise cached
         return cached
 
-    def _prv_band(self, history: Sequence[PoissonSubsampledGaussian], delta: float) -> tuple[float, float, float]:
-        grid = self._grid(history, delta)
+    def _band_on(
+        self, history: Sequence[PoissonSubsampledGaussian], delta: float, level: Union[int, None]
+    ) -> tuple[float, float, float]:
+        """(lower, estimate, upper) on the grid of ``level``; the half-width certified for the history's steps."""
+        grid = self._grid(history, delta, level)
         parts = [(self._discretised(m, grid), m.steps) for m in history]
         pmf, t_min, log_pmc_inf = compose(parts, grid)
-        return epsilon_band(pmf, t_min, grid.mesh, log_pmc_inf, delta, grid.delta_error, self.eps_error)
+        if level is None:
+            eps_error = self.eps_error
+        else:
+            eps_error = certified_eps_error(grid.mesh, sum(m.steps for m in history), grid.delta_error)
+        return epsilon_band(pmf, t_min, grid.mesh, log_pmc_inf, delta, grid.delta_error, eps_error)
+
+    def _stages(
+        self, history: Sequence[PoissonSubsampledGaussian], delta: float
+    ) -> Iterator[tuple[int, tuple[float, float, float]]]:
+        """Yield (level, band) of each stage: the mesh from RDP's eps, then, if finer, from the estimate."""
+        steps = sum(m.steps for m in history)
+        delta_error = delta * DELTA_ERROR_FRACTION
+        first = mesh_level(self._target(self.rdp_epsilon(history, delta)), steps, delta_error)
+        band = self._band_on(history, delta, first)
+        yield first, band
+        second = mesh_level(self._target(max(band[1], 0.0)), steps, delta_error)
+        if second < first:
+            yield second, self._band_on(history, delta, second)
+
+    def _prv_levels(self, history: Sequence[PoissonSubsampledGaussian], delta: float) -> list[int]:
+        """The mesh levels a query of ``history`` uses (it builds their grids)."""
+        if self.relative_eps_error == 0.0:
+            self._band_on(history, delta, None)
+            return []
+        return [level for level, _ in self._stages(history, delta)]
+
+    def _prv_band(self, history: Sequence[PoissonSubsampledGaussian], delta: float) -> tuple[float, float, float]:
+        if self.relative_eps_error == 0.0:
+            return self._band_on(history, delta, None)
+        *_, (_, band) = self._stages(history, delta)
+        return band
 
     def _fallback(self, history: Sequence[PoissonSubsampledGaussian], delta: float, reason: str) -> EpsilonBound:
-        """Sound replacement for a failed PRV computation (exact Gaussian at q=1, else RDP)."""
+        """Sound replacement for a failed PRV computation: exact Gaussian at q=1, else PLD, else RDP."""
         if all(m.sample_rate == 1.0 for m in history):
             eps = gaussian_epsilon(composed_gaussian_mu(history), delta)
             method = METHOD_ANALYTIC_GAUSSIAN
         else:
-            eps = self.rdp_epsilon(history, delta)
-            method = METHOD_RDP
+            guess = self.rdp_epsilon(history, delta)
+            try:
+                eps = pld_epsilon(
+                    history, delta, self.relative_eps_error, self.eps_error, guess=guess, accountant=self._pld
+                ).epsilon
+                if not math.isfinite(eps) or eps > guess:  # RDP is an upper bound too: take the smaller
+                    raise ValueError(f"PLD eps {eps} is not below the RDP bound {guess}")
+                method = METHOD_PLD
+            except PLDFailure as exc:
+                reason = f"{reason}; PLD: {type(exc).__name__}: {exc}"
+                eps, method = guess, METHOD_RDP
         # Once per reason: a server re-asks every round and must not flood its log.
         log = logger.debug if reason in self._warned else logger.warning
         self._warned.add(reason)
@@ -583,6 +734,7 @@ def prv_epsilon(
     delta: float,
     eps_error: float = DEFAULT_EPS_ERROR,
     *,
+    relative_eps_error: float = DEFAULT_RELATIVE_EPS_ERROR,
     max_grid_points: int = DEFAULT_MAX_GRID_POINTS,
 ) -> EpsilonBound:
     """Epsilon at ``delta`` of the composition of ``mechanisms``, PRV-tight where possible.
@@ -591,8 +743,8 @@ def prv_epsilon(
     identical ones merged, sorted); zero total steps gives eps = 0 with
     ``method == "none"``. Otherwise the PRV composition described in the module
     docstring gives ``lower/estimate/upper`` with ``delta_error = delta / 1000``:
-    ``upper = eps(delta - delta_error) + eps_error`` and
-    ``lower = eps(delta + delta_error) - eps_error``.
+    ``upper = eps(delta - delta_error) + w`` and ``lower = eps(delta + delta_error) - w``,
+    ``w <= max(relative_eps_error * eps, eps_error)`` the certified half-width.
 
     The PRV answer is cross-checked against an independent bound: the exact value at
     ``sample_rate == 1`` (must lie in [lower, upper]) or RDP otherwise (lower must not
@@ -604,7 +756,10 @@ def prv_epsilon(
     Args:
         mechanisms: what one party's data went through, in any order.
         delta: target delta, in (0, 1).
-        eps_error: half-width of the certified band, in (0, 1]; <= 0.01 recommended.
+        eps_error: absolute floor of the band's half-width, in (0, 1] (the half-width
+            itself when ``relative_eps_error == 0``).
+        relative_eps_error: half-width relative to eps, in [0, 0.1].
         max_grid_points: cap on the PRV discretisation (memory/time guard).
     """
-    return PRVComposer(eps_error, max_grid_points=max_grid_points).epsilon(mechanisms, delta)
+    composer = PRVComposer(eps_error, relative_eps_error=relative_eps_error, max_grid_points=max_grid_points)
+    return composer.epsilon(mechanisms, delta)

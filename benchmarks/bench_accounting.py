@@ -7,19 +7,25 @@
    ``BudgetTracker.add`` (one query: every client's epsilon), cold and after
    ``prepare`` (grids built before training), against the target of 0.5 s; and a
    one-shot query with prv_accountant's own ``PRVAccountant`` for comparison.
+3. ``--tightness``: the reported upper bound against Google dp_accounting's pessimistic
+   connect-the-dots PLD (interval 1e-4, the reference of issue 11) on the 60 settings
+   sigma in {0.6, 0.8, 1, 1.5, 2} x q in {0.001, 0.01, 0.05, 0.2} x T in {10, 100,
+   1000}, plus the long history sigma=1, q=0.01, T=1e5: ratio, method, cold seconds
+   side by side, and the largest ratio (target <= 1.01, never below 1 - 1e-3).
 
-    python benchmarks/bench_accounting.py [--only default|dpsgd|default-q|mixed] [--no-stock]
+    python benchmarks/bench_accounting.py [--only default|dpsgd|default-q|mixed] [--no-stock] [--tightness]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import statistics
 import time
 import warnings
 
-from accounting import BudgetTracker, LedgerRecord, PoissonSubsampledGaussian
+from accounting import BudgetTracker, LedgerRecord, PoissonSubsampledGaussian, prv_epsilon
 
 TARGET_SECONDS = 0.5
 DELTA = 1e-5
@@ -81,6 +87,47 @@ def stock_prv_accountant(rounds: list[list[LedgerRecord]]) -> tuple[float, float
     return time.perf_counter() - started, upper
 
 
+TIGHTNESS_GRID = [
+    (sigma, q, steps)
+    for sigma, q, steps in itertools.product((0.6, 0.8, 1.0, 1.5, 2.0), (0.001, 0.01, 0.05, 0.2), (10, 100, 1000))
+] + [(1.0, 0.01, 100_000)]
+TIGHTNESS_TARGET = 1.01
+REFERENCE_INTERVAL = 1e-4
+
+
+def pld_pessimistic(sigma: float, q: float, steps: int, interval: float = REFERENCE_INTERVAL) -> tuple[float, float]:
+    """dp_accounting's pessimistic connect-the-dots PLD epsilon at DELTA, and its seconds."""
+    from dp_accounting.pld import privacy_loss_distribution
+
+    started = time.perf_counter()
+    pld = privacy_loss_distribution.from_gaussian_mechanism(
+        sigma, pessimistic_estimate=True, value_discretization_interval=interval, sampling_prob=q, use_connect_dots=True
+    )
+    eps = pld.self_compose(steps).get_epsilon_for_delta(DELTA)
+    return eps, time.perf_counter() - started
+
+
+def tightness() -> None:
+    print(f"\n== tightness: reported upper / dp_accounting PLD-pessimistic (interval {REFERENCE_INTERVAL:g}), delta={DELTA:g}")
+    print(f"  {'sigma':>5} {'q':>6} {'T':>6} {'PLD ref':>11} {'ref s':>6} {'upper':>11} {'method':>6} {'cold s':>6} {'ratio':>7}")
+    ratios = []
+    for sigma, q, steps in TIGHTNESS_GRID:
+        reference, reference_seconds = pld_pessimistic(sigma, q, steps)
+        started = time.perf_counter()
+        bound = prv_epsilon([PoissonSubsampledGaussian(sigma, q, steps)], DELTA)
+        seconds = time.perf_counter() - started
+        ratios.append((bound.upper / reference, sigma, q, steps))
+        print(
+            f"  {sigma:>5g} {q:>6g} {steps:>6d} {reference:>11.5f} {reference_seconds:>6.2f} {bound.upper:>11.5f} "
+            f"{bound.method:>6} {seconds:>6.2f} {bound.upper / reference:>7.4f}"
+        )
+    worst, best = max(ratios), min(ratios)
+    print(
+        f"  max ratio {worst[0]:.4f} at sigma={worst[1]:g}, q={worst[2]:g}, T={worst[3]}; min ratio {best[0]:.4f}; "
+        f"{sum(r > TIGHTNESS_TARGET for r, *_ in ratios)} of {len(ratios)} above {TIGHTNESS_TARGET}"
+    )
+
+
 def describe(seconds: list[float]) -> str:
     ordered = sorted(seconds)
     p95 = ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
@@ -91,8 +138,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=sorted(SCHEDULES), action="append", help="run only these schedules")
     parser.add_argument("--no-stock", action="store_true", help="skip the prv_accountant one-shot comparison")
+    parser.add_argument("--tightness", action="store_true", help="only the tightness table against dp_accounting's PLD")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
+    if args.tightness:
+        tightness()
+        return
     for name in args.only or list(SCHEDULES):
         title, build = SCHEDULES[name]
         rounds = build()

@@ -189,6 +189,7 @@ def _worker(rank: int, world: int, port: int, listed: list[Case], repeats: int, 
     from fedsim.transport.world import init_world
     from fedsim.secure_sum.dropouts import DropoutPlan
     from fedsim.secure_sum.config import reply_limit
+    from fedsim.dp.randomness import secret_random
     from fedsim.secure_sum.exchange import client_secure_sum, server_secure_sum
     from fedsim.secure_sum.stages import client_stages, server_stages
 
@@ -205,7 +206,7 @@ def _worker(rank: int, world: int, port: int, listed: list[Case], repeats: int, 
         cohort = tuple(range(1, case.clients + 1))
         mine = hosts.get(rank, ())
         updates = {c: torch.randn(case.dim, generator=torch.Generator().manual_seed(c)) * 0.1 for c in mine}
-        generator = torch.Generator().manual_seed(rank)
+        rounding = secret_random()
         identities, verify_keys = _identities(case)
         if rank == 0:
             relay.set_max_body_bytes(reply_limit(case.dim, case.clients, max(len(h) for h in hosts.values())))
@@ -223,7 +224,7 @@ def _worker(rank: int, world: int, port: int, listed: list[Case], repeats: int, 
                 else:
                     client_secure_sum(
                         relay, mine, lambda ids: {c: updates[c] for c in ids}, session=SESSION, round_idx=r,
-                        dim=case.dim, config=config, generator=generator, dropouts=plan,
+                        dim=case.dim, config=config, rounding=rounding, dropouts=plan,
                         identities=identities, verify_keys=verify_keys,
                     )
 

@@ -12,6 +12,7 @@ from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
 from cli.attack import attack_command
+from cli.audit import audit_command
 from cli.budget import budget_app
 from cli.compare import compare_command
 from cli.render import report_error
@@ -55,6 +56,7 @@ app.command("run")(run_command)
 app.command("compare")(compare_command)
 app.add_typer(budget_app, name="budget")
 app.command("attack")(attack_command)
+app.command("audit")(audit_command)
 
 
 def main() -> None:

@@ -18,7 +18,17 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from cli.render import budget_table, fail, fmt, invalid, plan_table, worst_line
+from cli.render import (
+    budget_table,
+    client_level_line,
+    client_level_rows,
+    client_level_table,
+    fail,
+    fmt,
+    invalid,
+    plan_table,
+    worst_line,
+)
 from cli.reported import compare_reported
 from fedsim.rundir import LEDGER_FILE, find_ledgers
 
@@ -79,15 +89,23 @@ def show_command(
 ) -> None:
     """Each client's ε, recomputed from the ledger; the worst client and quantiles.
 
-    Per client: the PRV upper bound (the guarantee), estimate and lower bound,
-    the RDP bound beside it and how much looser RDP is; then the worst client
-    and quantiles of ε over clients.
+    Sample level (DP-SGD on a client's records), per client: the PRV upper
+    bound (the guarantee), estimate and lower bound, the RDP bound beside it and
+    how much looser RDP is; then the worst client and quantiles of ε over
+    clients.
+
+    Client level (distributed Skellam under secure aggregation), per client,
+    two figures named by adversary: "client-level ε vs server" (the server picks
+    the cohort and sees who took part, so no cohort amplification: the sums the
+    client's share reached, composed) and "vs observers of released models"
+    (amplified by Poisson cohorts over every released sum; none claimed for
+    fixed-size cohorts; never above the server figure).
 
     Nothing from the run is trusted but the ledger's mechanism records: the
     composition is redone here, so the figures can be checked against what
     `fedsim run` printed. The method column says how each figure was computed:
     prv, or a sound fallback (rdp; analytic_gaussian at sampling rate 1) where
-    PRV numerics fail.
+    PRV numerics fail; skellam_rdp for client-level Skellam figures.
 
     Examples:
 
@@ -97,7 +115,7 @@ def show_command(
 
       fedsim budget show runs/demo --csv > budget.csv
     """
-    from accounting import budget_snapshot
+    from accounting import DistributedSkellam, budget_snapshot
 
     check_delta(delta)
     if as_json and as_csv:
@@ -108,14 +126,16 @@ def show_command(
     loaded = {method: load_records(path) for method, path in ledgers.items()}
     all_records = [r for records in loaded.values() for r in records]
     if client is not None:
-        known = sorted({r.client for r in all_records if r.client is not None})
+        known = {r.client for r in all_records if r.client is not None}
+        known |= {c for r in all_records if isinstance(r.mechanism, DistributedSkellam) for c in r.mechanism.participants}
         if client not in known:
-            invalid("--client", client, f"one of the ledger's clients {known}")
+            invalid("--client", client, f"one of the ledger's clients {sorted(known)}")
     if round_ is not None:
         rounds = sorted({r.round for r in all_records})
         if not rounds or not rounds[0] <= round_ <= rounds[-1]:
             invalid("--round", round_, f"a round in [{rounds[0]}, {rounds[-1]}] (the ledger's rounds)" if rounds else "a ledger with records")
     rows: list[dict[str, Any]] = []
+    client_rows: dict[str, list[dict[str, Any]]] = {}
     snapshots = {}
     for method, records in loaded.items():
         snapshot = budget_snapshot(records, ledger_delta(records, delta), upto_round=round_)
@@ -123,22 +143,30 @@ def show_command(
         for budget in snapshot.parties():
             if client is None or budget.client == client:
                 rows.append({"method": method, "round": snapshot.round, **budget.to_dict()})
+        client_rows[method] = client_level_rows(method, snapshot, client)
     if as_json:
-        typer.echo(json.dumps(rows, indent=2))
+        typer.echo(json.dumps(rows + [r for method_rows in client_rows.values() for r in method_rows], indent=2))
     elif as_csv:
         buffer = io.StringIO()
         columns = ["method", "round", "client", "level", "rounds", "steps", "delta", "epsilon_upper",
-                   "epsilon_estimate", "epsilon_lower", "accountant", "epsilon_rdp", "rdp_over_prv"]
+                   "epsilon_estimate", "epsilon_lower", "accountant", "epsilon_rdp", "rdp_over_prv",
+                   "epsilon_vs_server", "epsilon_vs_observers", "observers_amplified", "observers_sums"]
         writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(rows + [r for method_rows in client_rows.values() for r in method_rows])
         typer.echo(buffer.getvalue(), nl=False)
     else:
         out = Console(soft_wrap=True)
         for method, snapshot in snapshots.items():
-            out.print(budget_table(method, snapshot, [r for r in rows if r["method"] == method]))
-            if client is None:
-                out.print(worst_line(snapshot))
+            method_rows = [r for r in rows if r["method"] == method]
+            if method_rows or not client_rows[method]:
+                out.print(budget_table(method, snapshot, method_rows))
+                if client is None:
+                    out.print(worst_line(snapshot))
+            if client_rows[method]:
+                out.print(client_level_table(method, snapshot, client_rows[method]))
+                if client is None:
+                    out.print(client_level_line(snapshot))
 
 
 # --------------------------------------------------------------------------------- curve
@@ -280,49 +308,114 @@ def verify_command(
 # ------------------------------------------------------------------------------- epsilon
 
 
+HISTORY_FIELDS = ("noise_multiplier", "sample_rate", "steps")
+
+
+def read_history(path: Path) -> list:
+    """The ``[[mechanism]]`` tables of a TOML file as Poisson-subsampled Gaussians, or exit 2
+    naming the file, the entry (1-based) and the field."""
+    import tomllib
+
+    from accounting import PoissonSubsampledGaussian
+
+    try:
+        with path.open("rb") as handle:
+            document = tomllib.load(handle)
+    except OSError as exc:
+        invalid("--history", str(path), f"a readable TOML file ({exc.strerror})")
+    except tomllib.TOMLDecodeError as exc:
+        invalid("--history", str(path), f"a TOML file ({exc})")
+    unknown = sorted(set(document) - {"mechanism"})
+    entries = document.get("mechanism")
+    if unknown or not isinstance(entries, list) or not entries:
+        fail(
+            f"--history={str(path)!r} is invalid: expected one or more [[mechanism]] tables "
+            f"(fields {', '.join(HISTORY_FIELDS)}), got {'top-level key(s) ' + str(unknown) if unknown else repr(entries)}"
+        )
+    mechanisms = []
+    for number, entry in enumerate(entries, start=1):
+        where = f"--history={str(path)!r}: [[mechanism]] entry {number}"
+        if not isinstance(entry, dict):
+            fail(f"{where} is invalid: expected a table, got {entry!r}")
+        name = entry.get("name", PoissonSubsampledGaussian.name)
+        if name != PoissonSubsampledGaussian.name:
+            fail(f"{where}: name={name!r} is invalid: expected {PoissonSubsampledGaussian.name!r} (or no name)")
+        missing = [f for f in HISTORY_FIELDS if f not in entry]
+        extra = sorted(set(entry) - set(HISTORY_FIELDS) - {"name"})
+        if missing or extra:
+            fail(f"{where} is invalid: missing field(s) {missing}, unknown field(s) {extra}; fields are {list(HISTORY_FIELDS)}")
+        checks = (
+            ("noise_multiplier", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0, "a number > 0"),
+            ("sample_rate", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 < v <= 1.0, "a number in (0, 1]"),
+            ("steps", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"),
+        )
+        for field, ok, expected in checks:
+            if not ok(entry[field]):
+                fail(f"{where}: {field}={entry[field]!r} is invalid: expected {expected}")
+        mechanisms.append(PoissonSubsampledGaussian(entry["noise_multiplier"], entry["sample_rate"], entry["steps"]))
+    return mechanisms
+
+
 @budget_app.command("epsilon")
 def epsilon_command(
-    noise_multiplier: float = typer.Option(..., "--noise-multiplier", help="σ: noise std / L2 sensitivity, a number > 0."),
-    sample_rate: float = typer.Option(..., "--sample-rate", help="q: Poisson inclusion probability, in (0, 1] (1: no subsampling)."),
-    steps: int = typer.Option(..., "--steps", help="T: how many times the mechanism runs, an integer >= 1."),
+    noise_multiplier: Optional[float] = typer.Option(None, "--noise-multiplier", help="σ: noise std / L2 sensitivity, a number > 0."),
+    sample_rate: Optional[float] = typer.Option(None, "--sample-rate", help="q: Poisson inclusion probability, in (0, 1] (1: no subsampling)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="T: how many times the mechanism runs, an integer >= 1."),
+    history: Optional[Path] = typer.Option(
+        None, "--history", help="A TOML file of [[mechanism]] tables (noise_multiplier, sample_rate, steps): their composition, instead of one mechanism."
+    ),
     delta: float = typer.Option(1e-5, "--delta", help="δ at which to report ε, in (0, 1)."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON: upper, estimate, lower, rdp, method, delta."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON: upper, estimate, lower, rdp, method, delta, mechanism."),
 ) -> None:
-    """ε of one mechanism, without a run: T steps of the Poisson-subsampled Gaussian.
+    """ε of one mechanism, or of a mixed history, without a run (Poisson-subsampled Gaussians).
 
     Prints the PRV accountant's certified band (lower ≤ true ε ≤ upper, Gopi
     et al. 2021; the upper bound is what `fedsim run` reports) and the RDP bound
-    beside it, so a figure can be checked against another accountant.
+    beside it, so a figure can be checked against another accountant. With
+    --history FILE.toml, the composition of every [[mechanism]] table in the
+    file (its "mechanism" key in --json is then the list of them).
 
     Examples:
 
       fedsim budget epsilon --noise-multiplier 1 --sample-rate 0.01 --steps 10000
 
       fedsim budget epsilon --noise-multiplier 0.8 --sample-rate 0.0533 --steps 48 --delta 1e-6 --json
+
+      fedsim budget epsilon --history phases.toml --json   # [[mechanism]] noise_multiplier = 1.0 ...
     """
-    if not (math.isfinite(noise_multiplier) and noise_multiplier > 0):
-        invalid("--noise-multiplier", noise_multiplier, "a number > 0")
-    if not (math.isfinite(sample_rate) and 0.0 < sample_rate <= 1.0):
-        invalid("--sample-rate", sample_rate, "a number in (0, 1]")
-    if steps < 1:
-        invalid("--steps", steps, "an integer >= 1")
     if not (math.isfinite(delta) and 0.0 < delta < 1.0):
         invalid("--delta", delta, "a number in (0, 1), e.g. 1e-5")
     from accounting import PoissonSubsampledGaussian, PRVComposer
 
-    mechanism = PoissonSubsampledGaussian(noise_multiplier, sample_rate, steps)
+    if history is not None:
+        given = [o for o, v in (("--noise-multiplier", noise_multiplier), ("--sample-rate", sample_rate), ("--steps", steps)) if v is not None]
+        if given:
+            fail(f"--history and {', '.join(given)} exclude each other: give one mechanism, or a TOML history")
+        mechanisms = read_history(history)
+    else:
+        if noise_multiplier is None or not (math.isfinite(noise_multiplier) and noise_multiplier > 0):
+            invalid("--noise-multiplier", noise_multiplier, "a number > 0 (or --history FILE.toml)")
+        if sample_rate is None or not (math.isfinite(sample_rate) and 0.0 < sample_rate <= 1.0):
+            invalid("--sample-rate", sample_rate, "a number in (0, 1]")
+        if steps is None or steps < 1:
+            invalid("--steps", steps, "an integer >= 1")
+        mechanisms = [PoissonSubsampledGaussian(noise_multiplier, sample_rate, steps)]
     composer = PRVComposer()
-    bound = composer.epsilon([mechanism], delta)
-    rdp = composer.rdp_epsilon([mechanism], delta)
+    bound = composer.epsilon(mechanisms, delta)
+    rdp = composer.rdp_epsilon(mechanisms, delta)
+    described = [m.to_dict() for m in mechanisms]
     if as_json:
         typer.echo(json.dumps({
-            "mechanism": {"name": mechanism.name, "noise_multiplier": noise_multiplier, "sample_rate": sample_rate, "steps": steps},
+            "mechanism": described if history is not None else described[0],
             "upper": bound.upper, "estimate": bound.estimate, "lower": bound.lower, "rdp": rdp,
             "method": bound.method, "delta": delta,
         }))
         return
+    what = ", then ".join(
+        f"{m.steps} steps of the Poisson-subsampled Gaussian (σ={m.noise_multiplier:g}, q={m.sample_rate:g})" for m in mechanisms
+    )
     Console(soft_wrap=True).print(
-        f"{steps} steps of the Poisson-subsampled Gaussian (σ={noise_multiplier:g}, q={sample_rate:g}) at δ={delta:g}: "
+        f"{escape(what)} at δ={delta:g}: "
         f"ε ≤ [bold]{fmt(bound.upper)}[/] ({bound.method} upper bound), estimate {fmt(bound.estimate)}, "
         f"lower {fmt(bound.lower)}; RDP {fmt(rdp)}"
     )
@@ -350,8 +443,15 @@ def plan_command(
     σ is the smallest (within --tolerance) whose PRV upper bound after all
     rounds is at most the target: ε(σ) ≤ target < ε(σ·(1 − tolerance)).
     Sample level (DP-SGD, each client's guarantee) needs --local-steps and
-    --sample-rate; client level (DP-FedAvg, the population's guarantee) needs
-    --cohort-size and --population.
+    --sample-rate: exactly what the run reports.
+
+    Client level needs --cohort-size and --population and is planned on the
+    continuous-Gaussian model of DP-FedAvg (as seen by observers of the
+    released models, with cohort amplification): a LOWER BOUND on the noise a
+    distributed-Skellam run needs, not its figure. At this σ the run reports
+    more (Skellam RDP with rounded sensitivities, and no amplification against
+    the server); check the run's own figures with `fedsim run --dry-run` and
+    `fedsim budget show`.
 
     Examples:
 
@@ -365,7 +465,7 @@ def plan_command(
           --cohort-size 50 --population 1000
     """
     from accounting import CalibrationError, Schedule, calibrate_schedule
-    from accounting.calibration import schedule_curve
+    from accounting.calibration import CLIENT_LEVEL_CAVEAT, schedule_curve
     from cli.plots import plot_plan_curve
 
     if not (math.isfinite(target_epsilon) and target_epsilon > 0):
@@ -407,6 +507,7 @@ def plan_command(
     if as_json:
         typer.echo(json.dumps({
             "schedule": schedule.describe(),
+            **({"caveat": CLIENT_LEVEL_CAVEAT} if schedule.client_level else {}),
             **calibration.to_dict(),
             "curve": [{"round": p.round, "steps": p.steps, **p.prv.to_dict(), "epsilon_rdp": p.rdp} for p in curve],
         }, indent=2))
@@ -419,10 +520,12 @@ def plan_command(
             f"σ·(1−{tolerance:g}) would exceed the target)"
         )
         out_console.print(
-            f"ε after {rounds} rounds: ≤ {fmt(bound.upper)} (PRV upper, {bound.method}), estimate {fmt(bound.estimate)}, "
+            f"ε after {rounds} rounds: ≤ {fmt(bound.upper)} (upper bound, {bound.method}), estimate {fmt(bound.estimate)}, "
             f"lower {fmt(bound.lower)}; RDP {fmt(calibration.rdp_epsilon)} "
             f"({calibration.rdp_epsilon / bound.upper:.3f}x)"
         )
         out_console.print(plan_table(curve))
+        if schedule.client_level:
+            out_console.print(f"[bold yellow]note:[/] {escape(CLIENT_LEVEL_CAVEAT)}")
     if out is not None:
         typer.echo(f"wrote {plot_plan_curve(curve, out, calibration, schedule.describe())}")

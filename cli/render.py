@@ -92,7 +92,7 @@ def make_progress(enabled: bool) -> Progress:
 def summary_table(summaries, delta: float) -> Table:
     """The closing table: accuracy, loss, ε (upper, the guarantee) at δ, per method."""
     table = Table(title=f"fedsim: accuracy and privacy (ε upper bound at δ={delta:g})")
-    for column in ("method", "rounds", "untrained acc", "final acc", "loss", "ε (upper)", "accountant", "ε RDP", "client-level ε", "time"):
+    for column in ("method", "rounds", "untrained acc", "final acc", "loss", "ε (upper)", "accountant", "ε RDP", "client-level ε server/observers", "time"):
         table.add_column(column, justify="left" if column == "method" else "right")
     for s in summaries:
         table.add_row(
@@ -104,10 +104,18 @@ def summary_table(summaries, delta: float) -> Table:
             f"{s.epsilon:.3f}",
             s.epsilon_method,
             f"{s.epsilon_rdp:.3f}",
-            "–" if s.client_level_epsilon is None else f"{s.client_level_epsilon:.3f}",
+            client_level_cell(s),
             f"{s.seconds:.0f}s",
         )
     return table
+
+
+def client_level_cell(summary) -> str:
+    """The worst client's client-level ε against the server / against observers of the models ("–" without)."""
+    server, observers = summary.client_level_epsilon_server, summary.client_level_epsilon_observers
+    if server is None:
+        return "–"
+    return f"{server:.3f}/{observers:.3f}" if observers is not None else f"{server:.3f}"
 
 
 def warn_about_faults(summaries) -> None:
@@ -159,6 +167,60 @@ def worst_line(snapshot) -> str:
         f"worst client {worst.client}: ε ≤ {fmt(worst.prv.upper)} ({worst.prv.method}), RDP {fmt(worst.rdp)} "
         f"({worst.rdp_over_prv:.3f}x)   ε upper over {len(snapshot.clients)} clients: "
         f"min {fmt(q[0.0])} · median {fmt(q[0.5])} · p90 {fmt(q[0.9])} · max {fmt(q[1.0])}"
+    )
+
+
+#: How `fedsim budget` names the adversary of each client-level figure.
+VS_SERVER = "client-level ε vs server"
+VS_OBSERVERS = "vs observers of released models"
+
+
+def client_level_rows(method: str, snapshot, client: Optional[int] = None) -> list[dict[str, Any]]:
+    """One row per client with both distributed-Skellam client-level figures, the adversary in the key."""
+    server = snapshot.client_level_budgets("server")
+    observers = snapshot.client_level_budgets("observers")
+    rows = []
+    for cid in sorted(server):
+        if client is not None and cid != client:
+            continue
+        s, o = server[cid], observers[cid]
+        rows.append({
+            "method": method, "round": snapshot.round, "client": cid, "level": "client", "rounds": s.rounds,
+            "steps": s.sums, "delta": s.delta, "accountant": s.method, "epsilon_vs_server": s.epsilon,
+            "epsilon_vs_observers": o.epsilon, "observers_amplified": o.amplified, "observers_sums": o.sums,
+        })
+    return rows
+
+
+def client_level_table(method: str, snapshot, rows: Sequence[dict[str, Any]]) -> Table:
+    """One method's client-level (distributed Skellam) figures, each column naming its adversary."""
+    title = (
+        f"{escape(method)}: client-level ε at δ={snapshot.delta:g} after round {snapshot.round} "
+        "(distributed Skellam, RDP), by adversary"
+    )
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
+    headers = ("client", "rounds", "sums", VS_SERVER.replace(" vs ", "\nvs "), VS_OBSERVERS.replace(" of ", " of\n"), "amplified")
+    for column in headers:
+        table.add_column(column, justify="left" if column == "client" else "right", no_wrap=True)
+    for r in rows:
+        table.add_row(
+            str(r["client"]), str(r["rounds"]), str(r["steps"]), fmt(r["epsilon_vs_server"]),
+            fmt(r["epsilon_vs_observers"]), "yes" if r["observers_amplified"] else "no",
+        )
+    return table
+
+
+def client_level_line(snapshot) -> str:
+    """The worst client against each adversary, and whom each figure holds against."""
+    server = snapshot.worst_client_level("server")
+    observers = snapshot.worst_client_level("observers")
+    if server is None:
+        return "no client-level (distributed Skellam) records"
+    return (
+        f"{VS_SERVER} (it picks the cohort and sees who took part: no cohort amplification): worst client "
+        f"{server.client} ε ≤ {fmt(server.epsilon)} over its {server.sums} sums; {VS_OBSERVERS} (amplified by "
+        f"Poisson cohorts, none claimed for fixed-size ones; never above the server figure): worst client "
+        f"{observers.client} ε ≤ {fmt(observers.epsilon)}"
     )
 
 

@@ -3,6 +3,18 @@
 ``fedsim budget verify`` recomputes every ε from the ledger's records and compares it with
 what ``metrics.jsonl`` and ``summary.json`` say; each difference is one problem line naming
 the file, the line or round, the reported and the recomputed figure.
+
+Keys checked (each where present; the client-level ones of :data:`CLIENT_LEVEL_KEYS` must be
+in summary.json when the ledger holds distributed-Skellam records):
+
+* ``epsilon``, ``epsilon_rdp``, ``delta``: the worst client's sample-level figures;
+* ``client_level_epsilon_server``: the largest client-level ε against the server over the
+  clients (distributed Skellam, no cohort amplification);
+* ``client_level_epsilon_observers``: the largest client-level ε against observers of the
+  released models (amplified by Poisson cohorts, never above the server figure);
+* ``client_level_epsilon``: the population's ε of old ClientLevelGaussian ledgers; with
+  Skellam records, the server figure (the conservative one, for readers that know one key).
+  ``None`` when the ledger holds no client-level record.
 """
 
 from __future__ import annotations
@@ -26,6 +38,11 @@ from fedsim.rundir import (
 #: Relative tolerance when comparing a reported ε with the recomputed one: the two are
 #: computed by the same deterministic code, so they agree to the last bit on one machine.
 REPORT_RTOL = 1e-9
+
+#: summary.json / metrics.jsonl keys of the distributed-Skellam client-level figures, by adversary.
+CLIENT_LEVEL_KEYS = {"client_level_epsilon_server": "server", "client_level_epsilon_observers": "observers"}
+LEGACY_CLIENT_LEVEL_KEY = "client_level_epsilon"
+ADVERSARY_NAMES = {"server": "against the server", "observers": "against observers of released models"}
 
 
 def compare_reported(folder: Path, records: Sequence) -> list[str]:
@@ -79,6 +96,7 @@ def compare_reported(folder: Path, records: Sequence) -> list[str]:
             check_format_version(summary, SUMMARY_FORMAT_VERSION)
             final = history[max(history)]
             problems += compare_figures(SUMMARY_FILE, f"final round {final.round}", summary, final)
+            problems += missing_client_level(SUMMARY_FILE, summary, final)
             worst = final.worst()
             if worst is not None and summary.get("epsilon_method", worst.prv.method) != worst.prv.method:
                 problems.append(
@@ -91,23 +109,64 @@ def compare_reported(folder: Path, records: Sequence) -> list[str]:
 
 
 def compare_figures(where: str, what: str, reported: dict, snapshot) -> list[str]:
-    """``epsilon`` (worst client's PRV upper), ``epsilon_rdp`` (its RDP, if reported) and ``delta``."""
+    """The sample-level figures (worst client's ``epsilon``, ``epsilon_rdp``), ``delta`` and the client-level ones."""
     worst = snapshot.worst() or snapshot.population
-    if worst is None:
-        return []
     problems = []
-    if "delta" in reported and reported["delta"] != snapshot.delta:
+    has_figures = worst is not None or bool(expected_client_level(snapshot))
+    if has_figures and "delta" in reported and reported["delta"] != snapshot.delta:
         problems.append(f"{where} ({what}): reported δ={reported['delta']!r}, the ledger's δ is {snapshot.delta!r}")
-    for key, recomputed in (("epsilon", worst.prv.upper), ("epsilon_rdp", worst.rdp)):
+    if worst is not None:
+        for key, recomputed in (("epsilon", worst.prv.upper), ("epsilon_rdp", worst.rdp)):
+            if key in reported:
+                problems += compare_value(where, what, key, reported[key], recomputed, f"client {client_label(worst.client)}", snapshot.delta)
+    return problems + compare_client_level(where, what, reported, snapshot)
+
+
+def compare_value(where: str, what: str, key: str, value, recomputed: float, whose: str, delta: float) -> list[str]:
+    """One problem line if ``value`` is not ``recomputed`` (to :data:`REPORT_RTOL`)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isclose(value, recomputed, rel_tol=REPORT_RTOL, abs_tol=1e-12):
+        return [f"{where} ({what}): reported {key}={value!r}, but the ledger gives {recomputed!r} ({whose}, δ={delta:g})"]
+    return []
+
+
+def expected_client_level(snapshot) -> dict[str, tuple[float, str]]:
+    """The client-level keys the ledger implies: key -> (figure, whose it is)."""
+    expected = {}
+    for key, against in CLIENT_LEVEL_KEYS.items():
+        worst = snapshot.worst_client_level(against)
+        if worst is not None:
+            expected[key] = (worst.epsilon, f"client {worst.client}, {ADVERSARY_NAMES[against]}")
+    if snapshot.population is not None:
+        expected[LEGACY_CLIENT_LEVEL_KEY] = (snapshot.population.prv.upper, "the population, client level")
+    elif "client_level_epsilon_server" in expected:
+        expected[LEGACY_CLIENT_LEVEL_KEY] = expected["client_level_epsilon_server"]
+    return expected
+
+
+def compare_client_level(where: str, what: str, reported: dict, snapshot) -> list[str]:
+    """Each client-level key the run reported against the figure the ledger gives (None: no such record)."""
+    expected = expected_client_level(snapshot)
+    problems = []
+    for key in (*CLIENT_LEVEL_KEYS, LEGACY_CLIENT_LEVEL_KEY):
         if key not in reported:
             continue
-        value = reported[key]
-        if not isinstance(value, (int, float)) or not math.isclose(value, recomputed, rel_tol=REPORT_RTOL, abs_tol=1e-12):
-            problems.append(
-                f"{where} ({what}): reported {key}={value!r}, but the ledger gives {recomputed!r} "
-                f"(client {client_label(worst.client)}, δ={snapshot.delta:g})"
-            )
+        if key not in expected:
+            if reported[key] is not None:
+                problems.append(f"{where} ({what}): reported {key}={reported[key]!r}, but the ledger holds no record it could come from")
+            continue
+        recomputed, whose = expected[key]
+        problems += compare_value(where, what, key, reported[key], recomputed, whose, snapshot.delta)
     return problems
+
+
+def missing_client_level(where: str, reported: dict, snapshot) -> list[str]:
+    """The distributed-Skellam keys a summary must carry when the ledger holds such records."""
+    expected = expected_client_level(snapshot)
+    return [
+        f"{where}: does not report {key}, which the ledger's distributed_skellam records give ({expected[key][1]})"
+        for key in CLIENT_LEVEL_KEYS
+        if key in expected and key not in reported
+    ]
 
 
 def check_format_version(data: dict, known: int) -> None:

@@ -99,15 +99,17 @@ def run_parameters() -> list[inspect.Parameter]:
 def dry_run_report(config: RunConfig) -> dict[str, Any]:
     """What ``fedsim run --dry-run`` prints: the checked config and the secure sum it plans.
 
-    Runs the checks that need neither data nor processes (:func:`fedsim.preflight.check_model`,
-    :func:`fedsim.preflight.check_secure_aggregation`; a bad value raises
+    Runs the checks that need no processes (:func:`fedsim.preflight.check_model`,
+    :func:`fedsim.preflight.check_secure_aggregation`, and with client-level DP
+    :func:`fedsim.preflight.check_client_level_noise`, which loads the dataset and builds
+    each model to size the Skellam mechanism; a bad value raises
     :class:`~fedsim.config.ConfigError`), then sizes the secure sum for the planned cohort:
     everyone (``all``), ``cohort_size`` (``fixed``), or the expected size of a Poisson cohort
     (each round is then sized for the cohort it draws). ``target_epsilon`` is not calibrated
     (that needs the shard sizes, so the dataset): the configured ``noise_multiplier`` is shown.
     """
     from fedsim.population import cohort_sampling
-    from fedsim.preflight import check_model, check_secure_aggregation
+    from fedsim.preflight import check_client_level_noise, check_model, check_secure_aggregation
     from fedsim.secure_sum.config import secure_sum_config
     from secagg.params import collusion_count
 
@@ -142,9 +144,28 @@ def dry_run_report(config: RunConfig) -> dict[str, Any]:
         "collusion": collusion_count(cohort, settings.collusion),
         "max_abort_probability": settings.max_abort_probability,
         "modulus_bits": settings.modulus_bits,
-        "frac_bits": settings.codec(cohort).frac_bits,
     }
+    if settings.client_level:
+        secure_sum["skellam"] = {
+            method: [skellam_summary(p) for p in phases] for method, phases in check_client_level_noise(config).items()
+        }
+    else:
+        secure_sum["frac_bits"] = settings.codec(cohort).frac_bits
     return {"dry_run": True, "config": json.loads(config.to_json()), "secure_sum": secure_sum, "notes": notes}
+
+
+def skellam_summary(params: Any) -> dict[str, Any]:
+    """One phase's Skellam mechanism as ``--dry-run`` shows it (:class:`fedsim.dp.skellam.SkellamParams`)."""
+    return {
+        "dim": params.dim,
+        "padded_dim": params.padded_dim,
+        "gamma": params.gamma,
+        "l2_sensitivity": params.l2_sensitivity,
+        "l1_sensitivity": params.l1_sensitivity,
+        "rounding_inflation": params.l2_sensitivity / (params.gamma * params.clip),
+        "mu": params.mu,
+        "wrap_probability_per_coordinate": params.wrap_probability,
+    }
 
 
 def run_command(

@@ -74,8 +74,9 @@ class RunConfig:
     noise_multiplier: float = 1.0
     max_grad_norm: float = 1.0
     delta: float = 1e-5
-    # Client-level DP-FedAvg with distributed noise (0 disables): each cohort member clips
-    # its whole update to client_clip and adds its share of N(0, (z·client_clip)²).
+    # Client-level DP with distributed noise (0 disables), the Skellam mechanism: each cohort
+    # member clips its whole update to client_clip and adds its share of integer Skellam
+    # noise; the secure sum's noise has variance (z·client_clip)² (fedsim.dp.skellam).
     client_noise_multiplier: float = 0.0
     client_clip: float = 1.0
     # When set, noise_multiplier is calibrated (PRV) so every client's ε meets it at delta.

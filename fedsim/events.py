@@ -60,9 +60,12 @@ class MethodSummary:
     """The outcome of one method: what the final table shows, also saved as summary.json.
 
     ``epsilon``/``epsilon_rdp``: the worst client's sample-level ε (PRV upper bound, RDP);
-    ``client_level_epsilon``: the population's client-level ε (PRV upper bound), None
-    without client-level DP. ``dropped_processes``: client processes dropped so far in the
-    run (rank: why).
+    ``client_level_epsilon_server`` / ``client_level_epsilon_observers``: the worst client's
+    client-level ε (Skellam RDP) against the server (no cohort amplification) and against
+    observers of the released models (amplified by Poisson cohorts); None without
+    client-level DP. ``client_level_epsilon``: the server figure (the one that holds
+    against everyone), kept for readers of older summaries. ``dropped_processes``: client
+    processes dropped so far in the run (rank: why).
     """
 
     method: str
@@ -80,6 +83,8 @@ class MethodSummary:
     seconds: float
     aborted_rounds: int = 0
     dropped_processes: Mapping[int, str] = field(default_factory=dict)
+    client_level_epsilon_server: float | None = None
+    client_level_epsilon_observers: float | None = None
     format_version: int = SUMMARY_FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:

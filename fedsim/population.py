@@ -7,8 +7,10 @@ same config gives the same data layout on every machine. A process holds one mod
 trains its hosted cohort members one after the other (:class:`fedsim.client.trainer.LocalTrainer`):
 memory does not grow with P.
 
-The cohort of each round is drawn by the server from the OS CSPRNG, never from the public
-seed: amplification by subsampling is only a guarantee if who took part stays secret.
+The cohort of each round is drawn by the server from a fresh ChaCha20 CSPRNG keyed from the OS
+(:class:`fedsim.dp.randomness.SecretRandom`), never from the public seed: amplification by
+subsampling is only a guarantee if who took part stays secret (from everyone but the server,
+which draws it).
 
 - ``poisson``: every client joins independently with probability q. Client-level DP-FedAvg
   is then a Poisson-subsampled Gaussian with that q (McMahan et al., ICLR 2018, Sec. 3),
@@ -24,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedsim.config import RunConfig
-from fedsim.dp.randomness import cohort_rng
+from fedsim.dp.randomness import secret_random
 
 COHORT_KINDS = ("poisson", "fixed")
 
@@ -77,14 +79,18 @@ class CohortSampling:
         return "poisson" if self.kind == "poisson" else "fixed_size"
 
     def sample(self, population: int) -> tuple[int, ...]:
-        """Draw one round's cohort from the OS CSPRNG (sorted client ids, possibly empty)."""
-        rng = cohort_rng()
-        if self.kind == "fixed":
-            return tuple(sorted(rng.sample(range(1, population + 1), min(self.size, population))))
-        if self.rate == 1.0:
-            return tuple(range(1, population + 1))
-        return tuple(c for c in range(1, population + 1) if rng.random() < self.rate)
+        """Draw one round's cohort of clients 1..``population`` (sorted ids, possibly empty).
 
+        ``fixed``: a uniform ``size``-subset; ``poisson``: each client independently w.p.
+        ``rate``. Coins from a fresh :func:`~fedsim.dp.randomness.secret_random`.
+        """
+        if self.kind == "poisson" and self.rate == 1.0:
+            return tuple(range(1, population + 1))
+        rng = secret_random()
+        if self.kind == "fixed":
+            return tuple(sorted(1 + i for i in rng.sample_without_replacement(population, min(self.size, population))))
+        members = rng.bernoulli_mask(population, self.rate)
+        return tuple(c for c, joins in enumerate(members.tolist(), start=1) if joins)
 
 
 def cohort_sampling(config: RunConfig) -> CohortSampling:

@@ -16,13 +16,20 @@ from fedsim.data.partition import partition
 from fedsim.population import cohort_sampling
 from fedsim.secure_sum.config import secure_sum_config
 
+_SKELLAM_FIELDS = (("modulus_bits", "secagg_modulus_bits"), ("noise_multiplier", "client_noise_multiplier"), ("clip", "client_clip"))
+
+
+def load_checked_dataset(config: RunConfig):
+    """The run's dataset, or a ConfigError naming ``dataset``."""
+    try:
+        return load_dataset(config.dataset, seed=config.seed, limit=config.limit)
+    except (ValueError, FileNotFoundError) as exc:
+        raise ConfigError("dataset", config.dataset, f"a loadable dataset ({exc})") from None
+
 
 def check_data(config: RunConfig) -> list[int]:
     """The dataset loads and splits into one non-empty shard per (virtual) client; their sizes."""
-    try:
-        data = load_dataset(config.dataset, seed=config.seed, limit=config.limit)
-    except (ValueError, FileNotFoundError) as exc:
-        raise ConfigError("dataset", config.dataset, f"a loadable dataset ({exc})") from None
+    data = load_checked_dataset(config)
     try:
         shards = partition(
             data.train.labels.numpy(),
@@ -57,7 +64,8 @@ def check_secure_aggregation(config: RunConfig) -> None:
     settings = secure_sum_config(config)
     cohort = cohort_sampling(config).expected_size(config.population_size)
     try:
-        settings.codec(config.population_size)  # headroom for the largest cohort: everyone
+        if not settings.client_level:  # the Skellam code is sized in check_client_level_noise
+            settings.codec(config.population_size)  # headroom for the largest cohort: everyone
     except ValueError as exc:
         raise ConfigError(
             "secagg_clip_range", config.secagg_clip_range,
@@ -81,6 +89,46 @@ def check_secure_aggregation(config: RunConfig) -> None:
                 "dropout_schedule", {round_idx: dict(stages)},
                 f"rounds in [1, {config.rounds}] and client ids in [1, {config.population_size}]",
             )
+
+
+def check_client_level_noise(config: RunConfig) -> dict[str, list]:
+    """With client-level DP, the Skellam mechanism's parameters for every phase of every method.
+
+    Builds each method's model once (on the CPU, to learn the sizes of the updates its
+    phases send) and sizes the mechanism for each (:func:`fedsim.dp.skellam.skellam_params`:
+    the scale γ, the rounded sensitivities, the ring's wrap bound) at the expected cohort,
+    and checks the largest cohort (the whole population) too; a ring too small for the
+    noisy sum is a ConfigError naming the field. ``{}`` without client-level DP.
+    """
+    settings = secure_sum_config(config)
+    if not settings.client_level:
+        return {}
+    import torch
+
+    from fedsim.models.lora_params import parameters_by_name
+    from fedsim.task import Task, fresh_model, model_spec
+    from fedsim.transport.vectors import flat_size
+
+    cohort = cohort_sampling(config).expected_size(config.population_size)
+    data = load_checked_dataset(config)
+    task = Task(model_spec(config, len(data.train.classes)), data)
+    planned: dict[str, list] = {}
+    for name in config.methods:
+        method, _, factors = fresh_model(task, name, torch.device("cpu"))
+        params = parameters_by_name(factors)
+        planned[name] = []
+        for phase in method.phases(1):
+            dim = flat_size(params, phase.sent_names(factors))
+            try:
+                settings.skellam(dim, config.population_size)  # the largest cohort's sum fits too
+                planned[name].append(settings.skellam(dim, cohort))
+            except ValueError as exc:
+                field = next((f for prefix, f in _SKELLAM_FIELDS if str(exc).startswith(prefix)), "secagg_modulus_bits")
+                raise ConfigError(
+                    field, getattr(config, field),
+                    f"a setting whose Skellam sum of {dim} values fits Z_(2^{config.secagg_modulus_bits}) ({exc})",
+                ) from None
+    return planned
 
 
 def _secagg_field(message: str) -> str:
@@ -121,5 +169,7 @@ def preflight(config: RunConfig) -> RunConfig:
     """
     check_model(config)
     check_secure_aggregation(config)
-    return calibrate_noise(config, check_data(config))
+    sizes = check_data(config)
+    check_client_level_noise(config)
+    return calibrate_noise(config, sizes)
 

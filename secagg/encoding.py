@@ -155,10 +155,13 @@ def _largest_float32_at_most(value: float) -> float:
     return float(as32)
 
 
-def _coin_key(generator: torch.Generator) -> bytes:
-    """A 256-bit AES key for the rounding coins, drawn from the caller's generator."""
-    drawn = torch.randint(0, 256, (KEY_BYTES,), generator=generator, dtype=torch.uint8)
-    return drawn.numpy().tobytes()
+def _check_coin_key(coin_key: object) -> bytes:
+    """The rounding coins' AES-256 key: exactly KEY_BYTES bytes."""
+    if not isinstance(coin_key, (bytes, bytearray)):
+        raise ValueError(f"coin_key must be {KEY_BYTES} bytes, got {type(coin_key).__name__}")
+    if len(coin_key) != KEY_BYTES:
+        raise ValueError(f"coin_key must be exactly {KEY_BYTES} bytes, got {len(coin_key)}")
+    return bytes(coin_key)
 
 
 @dataclass(frozen=True)
@@ -208,15 +211,17 @@ class FixedPointCodec:
         """Torch dtype holding ring elements (two's complement)."""
         return _RING_DTYPE[self.modulus_bits]
 
-    def encode(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, coin_key: bytes) -> torch.Tensor:
         """Encode a real CPU tensor: clip to [-c, c], scale by 2^f, round stochastically.
 
         Stochastic rounding: code = floor(v) + floor(frac(v) + u) with u uniform on
         the grid k * 2^-24, k in [0, 2^24), i.e. floor(v) + Bernoulli(frac(v)), so
         E[code] = v up to 2^-24 of one step: the aggregate stays unbiased.  The coins
-        u are the AES-256-CTR keystream (:mod:`secagg.prg`) under a 256-bit key drawn
-        from ``generator``: same generator state, same code; ~10x faster than
-        ``torch.rand``.  They are not masks and need not be secret.
+        u are the AES-256-CTR keystream (:mod:`secagg.prg`) under ``coin_key``
+        (``KEY_BYTES`` = 32 bytes): same key, same code; ~10x faster than ``torch.rand``.
+        They are not masks, but the caller draws a fresh key per encode from a CSPRNG
+        (fedsim: ``SecretRandom.key()``) so that nobody can predict how a value was
+        rounded; reusing a key reuses the coins.
 
         Works chunk by chunk through cache-sized buffers: the only allocation of the
         input's size is the returned ring tensor (``dtype``).  Raises ValueError if ``x`` has a
@@ -227,8 +232,7 @@ class FixedPointCodec:
             raise ValueError(f"x must be a floating-point torch.Tensor, got {got}")
         if x.device.type != "cpu":
             raise ValueError(f"x must be on the CPU, got device {x.device}")
-        if not isinstance(generator, torch.Generator):
-            raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        coin_key = _check_coin_key(coin_key)
         if x.dtype not in (torch.float32, torch.float64):
             x = x.to(torch.float32)
         flat = x.reshape(-1)
@@ -240,7 +244,7 @@ class FixedPointCodec:
             raise ValueError("x must contain only finite values (found NaN or inf)")
         bound = _largest_float32_at_most(self.clip_range) if x.dtype == torch.float32 else self.clip_range
         scaled_bound = bound * self.scale  # exact in x's dtype: a power-of-two multiple
-        coins = Keystream(_coin_key(generator), bytes(NONCE_BYTES))
+        coins = Keystream(coin_key, bytes(NONCE_BYTES))
         chunk = min(_CHUNK, flat.numel())
         v = torch.empty(chunk, dtype=x.dtype)
         code = torch.empty(chunk, dtype=x.dtype)
@@ -327,8 +331,11 @@ class WeightedMeanCodec:
             )
         object.__setattr__(self, "values", values)
 
-    def encode(self, x: torch.Tensor, weight: int, generator: torch.Generator) -> torch.Tensor:
-        """Codes of (weight * clip(x), weight): a flat ring tensor of x.numel() + 1 elements."""
+    def encode(self, x: torch.Tensor, weight: int, coin_key: bytes) -> torch.Tensor:
+        """Codes of (weight * clip(x), weight): a flat ring tensor of x.numel() + 1 elements.
+
+        ``coin_key``: the 32-byte key of the rounding coins (:meth:`FixedPointCodec.encode`).
+        """
         if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= self.max_weight:
             raise ValueError(f"weight must be an int in [0, {self.max_weight}], got {weight!r}")
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
@@ -337,7 +344,7 @@ class WeightedMeanCodec:
         flat = x.detach().reshape(-1).to(torch.float64)
         weighted = flat.clamp(-self.clip_range, self.clip_range).mul_(weight)
         out = torch.empty(flat.numel() + 1, dtype=self.values.dtype)
-        out[:-1] = self.values.encode(weighted, generator)
+        out[:-1] = self.values.encode(weighted, coin_key)
         out[-1] = weight
         return out
 

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from fedsim.attacks.registry import BROKEN, HOLDS, AttackResult
+from fedsim.dp.randomness import secret_random
 from fedsim.attacks.rounds import (
     MemoryRound,
     body_of,
@@ -298,21 +299,22 @@ DIM = 8
 
 
 def _honest_codes(codec, n: int, seed: int) -> dict[int, np.ndarray]:
-    generator = torch.Generator().manual_seed(seed)  # test data and rounding coins, not secrets
+    generator = torch.Generator().manual_seed(seed)  # test data, not secret
+    rounding = secret_random()  # the rounding coins, as an honest client draws them
     codes = {}
     for u in range(1, n + 1):
         update = torch.rand(DIM, generator=generator) * codec.clip_range  # in [0, c]
-        codes[u] = as_ring_array(codec.encode(update, generator)).copy()
+        codes[u] = as_ring_array(codec.encode(update, rounding.key())).copy()
     return codes
 
 
 def _checked(codec, params, server) -> tuple[bool, torch.Tensor | None, str]:
     """(flagged, what would be applied, how) with the server's decode-time check."""
-    from fedsim.secure_sum.exchange import checked_sum
+    from fedsim.secure_sum.exchange import SumCode, checked_sum
     from fedsim.secure_sum.stages import RoundOutcome
 
     outcome = RoundOutcome(params.client_ids, tuple(server.survivors), False, None)
-    checked, total = checked_sum(codec, server.result, outcome)
+    checked, total = checked_sum(SumCode(fixed=codec), server.result, outcome)
     flagged = total is None and checked.aborted and checked.corrupted
     return flagged, total, checked.abort_reason or "passed"
 

@@ -146,6 +146,7 @@ def _pki(store, hosted: tuple[int, ...], cohort: tuple[int, ...], threat_model: 
 
 def _participate(store, rank: int, hosts: Mapping[int, tuple[int, ...]], threat_model: str) -> None:
     """An honest client process: one secure sum, then wait for the end of the run."""
+    from fedsim.dp.randomness import secret_random
     from fedsim.secure_sum.exchange import client_secure_sum
     from fedsim.transport.relay import ClientRelay, Evicted, RelayError
     from fedsim.transport.vocabulary import Kind
@@ -155,7 +156,7 @@ def _participate(store, rank: int, hosts: Mapping[int, tuple[int, ...]], threat_
     relay = ClientRelay(store, 0, timeout_s=3 * TIMEOUT_S, rank=rank, connect_timeout_s=TIMEOUT_S)
     client_secure_sum(
         relay, hosts[rank], lambda ids: {cid: _update(cid) for cid in ids}, session=SESSION, round_idx=ROUND, dim=DIM,
-        config=_config(threat_model, len(cohort)), generator=torch.Generator().manual_seed(rank),
+        config=_config(threat_model, len(cohort)), rounding=secret_random(),
         identities=pki.identities if pki else None, verify_keys=pki.verify_keys if pki else None,
     )
     try:

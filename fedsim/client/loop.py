@@ -4,9 +4,9 @@ Per method: receive SETUP (the session id and the initial state), then per phase
 round a ROUND frame (the global state and which hosted clients train), and take part in
 that phase's secure sum (:func:`fedsim.secure_sum.exchange.client_secure_sum`). When the
 protocol asks for a client's masked input (MaskedInputCollection) the process trains that
-client (:class:`~fedsim.client.trainer.LocalTrainer`), with client-level DP clips its update
-and adds its noise share (:class:`~fedsim.dp.client_level.ClientLevelNoise`), sends one
-REPORT for all of them (the mechanisms they ran) and only then the masked updates.
+client (:class:`~fedsim.client.trainer.LocalTrainer`), sends one REPORT for all of them
+(the mechanisms they ran) and only then the masked updates (with client-level DP each
+clipped, rounded and noised by the Skellam code first: :class:`~fedsim.secure_sum.exchange.SumCode`).
 """
 
 from __future__ import annotations
@@ -20,11 +20,10 @@ import torch
 from fedsim.client.trainer import ClientShard, DPSettings, LocalTrainer, OptimSettings
 from fedsim.config import RunConfig
 from fedsim.data.partition import partition
-from fedsim.dp.client_level import ClientLevelNoise, noise_share_std
-from fedsim.dp.randomness import secret_generator
+from fedsim.dp.randomness import secret_random
 from fedsim.methods.registry import Phase, phase_steps
 from fedsim.models.lora_params import parameters_by_name
-from fedsim.population import Population, cohort_sampling
+from fedsim.population import Population
 from fedsim.secure_sum.config import dropout_plan, secure_sum_config
 from fedsim.secure_sum.identity import ClientPKI, client_pki
 from fedsim.secure_sum.exchange import client_secure_sum, round_and_phase
@@ -86,7 +85,6 @@ class PhaseTraining:
     relay: ClientRelay
     trainer: LocalTrainer
     shards: Mapping[int, ClientShard]
-    privatizer: ClientLevelNoise | None
     phase: Phase
     steps: int
     global_vector: torch.Tensor
@@ -98,8 +96,6 @@ class PhaseTraining:
             if cid not in self.shards:
                 raise FrameError(f"the server asked for the input of client {cid}, not hosted here")
             update, report = self.trainer.train_phase(self.shards[cid], self.global_vector, self.phase, self.steps)
-            if self.privatizer is not None:
-                update = self.privatizer.apply(update, self.phase)
             updates[cid] = update.cpu()
             reports[cid] = pack_report(report)
         self.relay.send(Frame(Kind.REPORT, self.exchange, entries=reports))
@@ -126,14 +122,9 @@ class HostedClients:
         )
         population = Population(config.population_size, world.num_clients)
         self.shards = hosted_shards(config, task, population, population.hosted_by(world.rank))
-        self.privatizer = None
-        if config.client_noise_multiplier > 0:
-            planned = cohort_sampling(config).expected_size(config.population_size)
-            std = noise_share_std(config.client_noise_multiplier, config.client_clip, planned)
-            self.privatizer = ClientLevelNoise(config.client_clip, std, self.method, self.factors, secret_generator(torch.device("cpu")))
         self.secagg = secure_sum_config(config)
         self.dropouts = dropout_plan(config)
-        self.rounding = secret_generator(torch.device("cpu"))  # stochastic rounding in the fixed-point encoding
+        self.rounding = secret_random()  # rounding coins (and Skellam noise) of the encoding
 
     def participate(self) -> None:
         """SETUP, then every phase of every round the server starts, until DONE."""
@@ -154,7 +145,7 @@ class HostedClients:
         phase = self.method.phases(round_idx)[phase_idx]
         global_vector = unpack_vector(frame.entries.get(RoundEntry.GLOBAL_STATE, b""), self.dim_all, f"round {round_idx} global state")
         training = PhaseTraining(
-            self.relay, self.trainer, self.shards, self.privatizer, phase,
+            self.relay, self.trainer, self.shards, phase,
             steps=phase_steps(self.config.local_steps, phases)[phase_idx],
             global_vector=global_vector.to(self.device),
             exchange=frame.round,
@@ -163,6 +154,6 @@ class HostedClients:
             self.relay, unpack_ids(frame.entries.get(RoundEntry.CLIENTS, b""), "clients to train"), training,
             session=session, round_idx=frame.round,
             dim=flat_size(self.params, phase.sent_names(self.factors)),
-            config=self.secagg, generator=self.rounding, dropouts=self.dropouts,
+            config=self.secagg, rounding=self.rounding, dropouts=self.dropouts,
             identities=self.pki.identities if self.pki else None, verify_keys=self.pki.verify_keys if self.pki else None,
         )

@@ -2,15 +2,16 @@
 
 Sample-level DP (docs/architecture.md, "Privacy semantics"): every local step is one Poisson-subsampled
 Gaussian mechanism on this client's records — Poisson sampling at rate q = B / n_i
-(Opacus ``DPDataLoader``), per-sample gradients (Opacus ``GradSampleModule``), per-sample
-clipping to C and Gaussian noise σC (:class:`~fedsim.dp.optimizer.FactorwiseDPOptimizer`).
-The client object lives for the whole run, so its sampler and noise streams continue across
-rounds and the server's ledger composes every step the client actually ran.
+(:func:`poisson_batches`: each record independently w.p. q), per-sample gradients (Opacus
+``GradSampleModule``), per-sample clipping to C and Gaussian noise σC
+(:class:`~fedsim.dp.optimizer.FactorwiseDPOptimizer`). The client object lives for the whole
+run, so its sampler and noise streams continue across rounds and the server's ledger
+composes every step the client actually ran.
 
-Both the Poisson sample and the noise are drawn from generators seeded from the OS
-CSPRNG (:mod:`fedsim.dp.randomness`), never from the run's public seed: privacy
-amplification by subsampling needs the sample to be secret, and noise predictable from a
-public seed protects nothing.
+Both the Poisson sample and the noise are drawn from the ChaCha20 CSPRNG keyed from the OS
+(:class:`fedsim.dp.randomness.SecretRandom`), never from the run's public seed nor from a
+torch generator: privacy amplification by subsampling needs the sample to be secret, and
+noise predictable from a seed protects nothing.
 """
 
 from __future__ import annotations
@@ -23,11 +24,10 @@ from typing import Callable, Iterator, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from opacus import GradSampleModule
-from opacus.data_loader import DPDataLoader
 from torch.utils.data import TensorDataset
 
 from fedsim.dp.optimizer import FactorwiseDPOptimizer
-from fedsim.dp.randomness import secret_generator
+from fedsim.dp.randomness import SecretRandom, secret_random
 from fedsim.methods.registry import Method, Phase, factor_learning_rates
 from fedsim.transport.payloads import RoundReport
 from fedsim.transport.vectors import assign_flat, flatten
@@ -55,11 +55,21 @@ class OptimSettings:
     smoothing: float
 
 
-def poisson_batches(dataset: TensorDataset, sample_rate: float) -> Iterator[Sequence[torch.Tensor]]:
-    """Endless Poisson-sampled batches (each record in each batch independently w.p. q)."""
-    loader = DPDataLoader(dataset, sample_rate=sample_rate, generator=secret_generator(torch.device("cpu")))
+def poisson_batches(dataset: TensorDataset, sample_rate: float, rng: SecretRandom) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Endless Poisson-sampled batches: each record in each batch independently w.p. q.
+
+    The sampling of Poisson-subsampled DP-SGD (Abadi et al. 2016; the amplification
+    analysis of Mironov, Talwar & Zhang 2019, "Rényi Differential Privacy of the Sampled
+    Gaussian Mechanism", Sec. 3) — the distribution of Opacus's ``DPDataLoader`` — with the
+    per-record coins from ``rng``. A batch may be empty (its tensors then have 0 rows).
+    """
+    if not 0.0 < sample_rate <= 1.0:
+        raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate!r}")
+    tensors = dataset.tensors
+    n = len(dataset)
     while True:
-        yield from loader
+        members = torch.nonzero(rng.bernoulli_mask(n, sample_rate)).reshape(-1)
+        yield tuple(t.index_select(0, members) for t in tensors)
 
 
 @dataclass
@@ -83,9 +93,9 @@ class ClientShard:
 
     @property
     def batches(self) -> Iterator[Sequence[torch.Tensor]]:
-        """Endless Poisson batches from a CSPRNG-seeded sampler, made on first use."""
+        """Endless Poisson batches from a fresh OS-keyed :class:`SecretRandom`, made on first use."""
         if self._batches is None:
-            self._batches = poisson_batches(self.dataset, self.sample_rate)
+            self._batches = poisson_batches(self.dataset, self.sample_rate, secret_random())
         return self._batches
 
     @batches.setter
@@ -127,7 +137,7 @@ class LocalTrainer:
                     self.factor_of[p] = factor
                     self.params[name] = p
         self.model = GradSampleModule(model.to(device), loss_reduction="mean")
-        self.noise_generator = secret_generator(device)
+        self.noise_random = secret_random()  # DP-SGD noise (drawn on the CPU, copied to ``device``)
 
     def _optimizer(self, expected_batch_size: int) -> FactorwiseDPOptimizer:
         rates = factor_learning_rates(self.method, self.optim.lr, self.optim.head_lr, self.optim.b_lr_ratio)
@@ -142,7 +152,7 @@ class LocalTrainer:
             noise_multiplier=self.dp.noise_multiplier,
             max_grad_norm=self.dp.max_grad_norm,
             expected_batch_size=expected_batch_size,
-            generator=self.noise_generator,
+            rng=self.noise_random,
             smoothing=self.optim.smoothing if self.method.smoothing else 0.0,
         )
 
@@ -157,6 +167,7 @@ class LocalTrainer:
         phase: Phase,
         local_steps: int,
         after_step: Callable[[int, frozenset[str]], None] | None = None,
+        before_step: Callable[[int, list[torch.nn.Parameter]], None] | None = None,
     ) -> tuple[torch.Tensor, RoundReport]:
         """Run ``local_steps`` DP-SGD steps of ``shard`` from the global state; return update and report.
 
@@ -164,6 +175,14 @@ class LocalTrainer:
         update (local − global) covers only what ``phase`` sends. It is the only thing
         derived from data that leaves the client, and it leaves only through secure
         aggregation. ``after_step(step, active_factors)`` is called after every step.
+
+        ``before_step(step, params)`` is called after the backward pass and before
+        ``optimizer.step()``: ``params`` are the optimizer's active parameters in a fixed
+        order, each holding its per-sample gradients in ``p.grad_sample`` (shape
+        ``(batch, *p.shape)``; ``batch`` may be 0 for an empty Poisson sample). The hook may
+        append rows to ``p.grad_sample`` (e.g. the audit's gradient canaries, the same number
+        of rows to every parameter); they then go through the same per-sample clipping and
+        noise as real records.
         """
         self.load_global(global_vector, self.method.all_sent_names(self.factors))
         sent = phase.sent_names(self.factors)
@@ -185,6 +204,8 @@ class LocalTrainer:
                     # gradient (the frozen embeddings); torch warns, the gradients are right.
                     warnings.filterwarnings("ignore", message="Full backward hook is firing")
                     F.cross_entropy(logits, labels.to(self.device)).backward()
+            if before_step is not None:
+                before_step(step, list(optimizer.params))
             optimizer.step()
             if after_step is not None:
                 after_step(step, phase.active_at(step))

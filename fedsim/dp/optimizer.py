@@ -14,7 +14,9 @@ Here the trainable set is fixed for the whole run and a step chooses its *active
 2. per-sample clipping (Abadi et al. 2016, Alg. 1) runs over the active parameters only —
    the norm bound C holds for exactly what this step releases;
 3. Gaussian noise N(0, σ²C²) is added to the active parameters' summed gradients, which
-   are then scaled by 1 / E[batch size];
+   are then scaled by 1 / E[batch size]. The noise comes from the ChaCha20 CSPRNG of
+   :mod:`fedsim.dp.randomness` (drawn on the CPU, copied to the parameters' device), never
+   from a torch generator: :meth:`FactorwiseDPOptimizer.add_noise` replaces Opacus's;
 4. optional smoothing (:mod:`fedsim.methods.smoothing`) post-processes the noisy gradient.
 """
 
@@ -24,7 +26,9 @@ from typing import Callable, Mapping, Optional
 
 import torch
 from opacus.optimizers import DPOptimizer
+from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 
+from fedsim.dp.randomness import SecretRandom
 from fedsim.methods.smoothing import smooth_1d, smooth_2d
 
 MATRIX_FACTORS = frozenset({"A", "B"})
@@ -41,7 +45,7 @@ class FactorwiseDPOptimizer(DPOptimizer):
         noise_multiplier: float,
         max_grad_norm: float,
         expected_batch_size: int,
-        generator: torch.Generator,
+        rng: SecretRandom,
         smoothing: float = 0.0,
     ) -> None:
         # Set before DPOptimizer.__init__, which already reads ``self.params``.
@@ -53,8 +57,9 @@ class FactorwiseDPOptimizer(DPOptimizer):
             max_grad_norm=max_grad_norm,
             expected_batch_size=expected_batch_size,
             loss_reduction="mean",
-            generator=generator,
+            generator=None,  # never used: add_noise below draws from ``rng``
         )
+        self.rng = rng
         self.smoothing = smoothing
 
     def set_active(self, factors: frozenset[str]) -> None:
@@ -77,6 +82,32 @@ class FactorwiseDPOptimizer(DPOptimizer):
             p.grad = None
             p.grad_sample = None
             p.summed_grad = None
+
+    def add_noise(self) -> None:
+        """p.grad <- p.summed_grad + N(0, σ²C²) for every active parameter (Abadi et al. 2016, Alg. 1).
+
+        Opacus's :meth:`~opacus.optimizers.DPOptimizer.add_noise` with the noise from
+        ``self.rng`` (ChaCha20) instead of a torch generator: one draw for all active
+        parameters, in their fixed order, drawn in float64 and rounded once to the gradient's
+        dtype (:meth:`SecretRandom.normal`, hardened against floating-point attacks as
+        Opacus's ``secure_mode`` is), copied to its device. Same checks: a summed gradient used
+        by an earlier step (no ``zero_grad`` in between) raises, and is marked as used.
+        """
+        params = self.params
+        for p in params:
+            _check_processed_flag(p.summed_grad)
+        std = self.noise_multiplier * self.max_grad_norm
+        if std > 0 and params:
+            sizes = [p.summed_grad.numel() for p in params]
+            reference = params[0].summed_grad
+            flat = self.rng.normal(sum(sizes), std=std, dtype=reference.dtype, device=reference.device)
+            for p, noise in zip(params, torch.split(flat, sizes)):
+                p.grad = (p.summed_grad + noise.view_as(p.summed_grad).to(p.summed_grad)).view_as(p)
+        else:
+            for p in params:
+                p.grad = p.summed_grad.clone().view_as(p)
+        for p in params:
+            _mark_as_processed(p.summed_grad)
 
     def pre_step(self, closure: Optional[Callable[[], float]] = None) -> Optional[bool]:
         for p in self.managed_params:

@@ -18,7 +18,9 @@ what that phase trained:
 - ``deer``: two phases per round (arXiv 2410.12926, the "deviation eliminator"): A frozen,
   B trained and aggregated; then B frozen, A trained and aggregated. Every client holds the
   same frozen factor in each phase, so the mean of the products B_i·A equals the product of
-  the means: no aggregation deviation. Its noise regulator is in :mod:`fedsim.methods.deer`.
+  the means: no aggregation deviation. DEeR's noise regulator (which shapes continuous
+  Gaussian client-level noise through the frozen factor) is not applied: client-level noise
+  here is the integer Skellam mechanism's (:mod:`fedsim.dp.skellam`), isotropic.
 
 The local steps of a round are split over its phases (``phase_steps``), so every method
 does the same local work per round. Every method trains a fixed set of parameters for the
@@ -69,7 +71,6 @@ class Method:
     """A federated LoRA method: its trainable set, its per-round phases, its own flags.
 
     ``smoothing``: the privatized gradient is smoothed (LA-LoRA's low-pass filter);
-    ``noise_regulator``: client-level noise is shaped by DEeR's regulator;
     ``scaled_b_lr``: B's learning rate is ``b_lr_ratio`` x A's (LA-LoRA).
     """
 
@@ -77,7 +78,6 @@ class Method:
     trainable: frozenset[str]
     schedule: str
     smoothing: bool = False
-    noise_regulator: bool = False
     scaled_b_lr: bool = False
 
     def phases(self, round_idx: int) -> tuple[Phase, ...]:
@@ -106,7 +106,7 @@ METHOD_TABLE: dict[str, Method] = {
         Method("dp-lora", frozenset(FACTORS), JOINT),
         Method("ffa-lora", frozenset({"B", "head"}), JOINT),
         Method("rolora", frozenset(FACTORS), ROUND_ALTERNATING),
-        Method("deer", frozenset(FACTORS), TWO_STAGE, noise_regulator=True),
+        Method("deer", frozenset(FACTORS), TWO_STAGE),
     )
 }
 """Every method by name; the one list of method names (``METHOD_NAMES``) is its keys."""

@@ -2,7 +2,10 @@
 
 :class:`SecureSumConfig` chooses and checks each round's protocol parameters (Shamir
 threshold t, SecAgg+ degree k, ring, collusion bound) for the cohort with
-:mod:`secagg.params`, and gives the fixed-point code with headroom for the cohort's sum.
+:mod:`secagg.params`, and gives the code that takes an update into the ring: the
+fixed-point code with headroom for the cohort's sum (:meth:`SecureSumConfig.codec`), or,
+with client-level DP, the Skellam mechanism's (:meth:`SecureSumConfig.skellam`,
+:mod:`fedsim.dp.skellam`), whose integer noise the cohort adds in shares.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import math
 from dataclasses import dataclass
 
 from fedsim.config import RunConfig
+from fedsim.dp.skellam import SkellamParams, padded_dim, skellam_params
 from fedsim.secure_sum.dropouts import DropoutPlan
 from fedsim.transport.vocabulary import NO_STAGE
 from secagg import stages
@@ -51,6 +55,10 @@ class SecureSumConfig:
     ``threat_model``: one of :data:`secagg.params.THREAT_MODELS`; ``active`` adds the
     PKI checks, the ConsistencyCheck and t > (s + c) / 2.
     ``timeout_s``: how long the server waits for a process's reply to one stage.
+    ``client_noise_multiplier`` z > 0 turns client-level DP on: every member of a cohort of
+    n clips its whole update to ``client_clip`` S and adds 1/n of integer Skellam noise whose
+    sum has variance (zS)² in the update's units (:meth:`skellam`); ``clip_range`` then
+    plays no part.
     """
 
     clip_range: float = 1.0
@@ -65,6 +73,8 @@ class SecureSumConfig:
     timeout_s: float = 60.0
     max_dropout: float = 0.1
     threat_model: str = "semi-honest"
+    client_noise_multiplier: float = 0.0
+    client_clip: float = 1.0
 
     def __post_init__(self) -> None:
         check_ring(self.clip_range, self.modulus_bits)
@@ -93,6 +103,30 @@ class SecureSumConfig:
         :data:`GUARD_BITS` more, so the server's range check can flag a sum that no
         clipped inputs can produce (:meth:`~secagg.encoding.FixedPointCodec.out_of_range`)."""
         return FixedPointCodec(self.clip_range, cohort_size, self.modulus_bits, guard_bits=GUARD_BITS)
+
+    @property
+    def client_level(self) -> bool:
+        """Whether every secure sum is a client-level DP release (the Skellam mechanism)."""
+        return self.client_noise_multiplier > 0
+
+    def skellam(self, dim: int, cohort_size: int) -> SkellamParams:
+        """The Skellam mechanism of one secure sum: updates of ``dim`` values from a cohort of
+        ``cohort_size`` (ValueError naming the field when the ring cannot hold the sum,
+        :func:`fedsim.dp.skellam.skellam_params`).
+
+        Each member adds 1/n of the noise for the cohort n it is actually in (the protocol's
+        client ids), not for the expected cohort, so without dropouts every release carries
+        exactly the configured noise whatever size a Poisson cohort came out: the noise
+        level reveals nothing about who took part. Dropouts lower it (the ledger records
+        the realized μ).
+        """
+        if not self.client_level:
+            raise ValueError("client_noise_multiplier=0: client-level DP is off, there is no Skellam mechanism")
+        return skellam_params(dim, self.client_clip, self.client_noise_multiplier, cohort_size, self.modulus_bits)
+
+    def ring_dim(self, dim: int) -> int:
+        """How many ring elements carry an update of ``dim`` values (the Skellam code pads to 2^k)."""
+        return padded_dim(dim) if self.client_level else dim
 
     def shape(self, cohort_size: int) -> tuple[int, int | None]:
         """(threshold, neighbours) for a cohort of this size, checked; ValueError if none is safe.
@@ -190,6 +224,8 @@ def secure_sum_config(config: RunConfig) -> SecureSumConfig:
         timeout_s=config.secagg_timeout_s,
         max_dropout=config.secagg_max_dropout,
         threat_model=config.secagg_threat_model,
+        client_noise_multiplier=config.client_noise_multiplier,
+        client_clip=config.client_clip,
     )
 
 

@@ -145,7 +145,6 @@ class MethodServer:
         self.secagg: SecureSumConfig = secure_sum_config(config)
         self.population = Population(config.population_size, world.num_clients)
         self.sampling = cohort_sampling(config)
-        self.planned = self.sampling.expected_size(self.population.size)
         self.session = session_id()  # fresh per method: no message replays across methods
         self.verify_keys = verify_keys
 
@@ -160,7 +159,7 @@ class MethodServer:
         for rank in self.relay.live:
             self.relay.send(rank, setup)
         hosted_max = len(self.population.hosted_by(1))
-        dim = flat_size(self.params, self.all_names)
+        dim = self.secagg.ring_dim(flat_size(self.params, self.all_names))
         self.relay.set_max_body_bytes(reply_limit(dim, cohort=self.population.size, hosted=hosted_max))
         self.relay.set_stage_limits(stage_limits(dim, cohort=self.population.size, hosted=hosted_max))
         for callback in callbacks:
@@ -211,10 +210,10 @@ class MethodServer:
             outcomes.append(outcome)
             train_seconds += wait.seconds
             records += sample_level_records(round_idx, wait.reports, config.delta)
-            if config.client_noise_multiplier > 0 and (outcome.corrupted or not outcome.aborted):
+            if self.secagg.client_level and (outcome.corrupted or not outcome.aborted):
                 records.append(client_level_record(
-                    round_idx, noise_multiplier=config.client_noise_multiplier, sampling=self.sampling,
-                    planned=self.planned, population=self.population.size, survivors=len(outcome.survivors), delta=config.delta,
+                    round_idx, params=self.secagg.skellam(flat_size(self.params, phase.sent_names(self.run.factors)), len(outcome.cohort)),
+                    sampling=self.sampling, population=self.population.size, survivors=outcome.survivors, delta=config.delta,
                 ))
         return RoundResult(round_idx, tuple(records), merge_outcomes(outcomes), train_seconds)
 

@@ -2,8 +2,10 @@
 
 Local training spends privacy whatever becomes of the update, so every client that reported
 gets one ledger record per phase (a :class:`~accounting.PoissonSubsampledGaussian` with the
-steps it ran), and with client-level DP every completed secure sum adds one population
-record (client=None) at the noise the survivors actually added. A client whose process dies
+steps it ran), and with client-level DP every secure sum whose result the server saw adds
+one client-level record (client=None): the Skellam mechanism at the noise the survivors
+actually added, naming the survivors, the clients whose masked inputs reached the sum
+(:class:`~accounting.DistributedSkellam`). A client whose process dies
 before its report has no record: the server cannot know what it ran, and nothing of its
 data left the process.
 """
@@ -14,14 +16,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from accounting import (
+    AGAINST_OBSERVERS,
+    AGAINST_SERVER,
     METHOD_NONE,
     BudgetTracker,
-    ClientLevelGaussian,
+    DistributedSkellam,
     EpsilonBound,
     LedgerRecord,
     PoissonSubsampledGaussian,
 )
-from fedsim.dp.client_level import realized_noise_multiplier
+from fedsim.dp.skellam import SkellamParams
 from fedsim.population import CohortSampling
 from fedsim.secure_sum.stages import RoundOutcome
 from fedsim.server.callbacks import MethodRun, RoundCallback, RoundResult
@@ -69,18 +73,24 @@ def sample_level_records(round_idx: int, reports: Mapping[int, RoundReport], del
 
 
 def client_level_record(
-    round_idx: int, *, noise_multiplier: float, sampling: CohortSampling, planned: int, population: int, survivors: int, delta: float
+    round_idx: int, *, params: SkellamParams, sampling: CohortSampling, population: int, survivors: Sequence[int], delta: float
 ) -> LedgerRecord:
-    """The population's client-level release of one secure sum, at the noise the survivors added."""
+    """The client-level release of one secure sum: Skellam noise Sk(s·μ/n) from the s survivors
+    of a cohort of n (dropouts lower it; record what was added, not what was planned), who
+    they were, and the expected cohort that sets the sampling rate q = m / P."""
     return LedgerRecord(
         round=round_idx,
         client=None,
-        mechanism=ClientLevelGaussian(
-            realized_noise_multiplier(noise_multiplier, planned, survivors),
-            cohort_size=planned,
+        mechanism=DistributedSkellam(
+            mu=params.realized_mu(len(survivors)),
+            l1_sensitivity=params.l1_sensitivity,
+            l2_sensitivity=params.l2_sensitivity,
+            dim=params.padded_dim,
+            cohort_size=sampling.expected_size(population),
             population=population,
-            steps=1,
             sampling=sampling.accounting_name,
+            participants=tuple(sorted(survivors)),
+            steps=1,
         ),
         delta=delta,
     )
@@ -107,11 +117,12 @@ def merge_outcomes(outcomes: Sequence[RoundOutcome]) -> RoundOutcome:
 
 
 class PrivacyLedger(RoundCallback):
-    """Appends each round's records to the signed ledger and composes every party's ε (PRV).
+    """Appends each round's records to the signed ledger and composes every party's ε.
 
     Adds to the round's metrics the worst client's sample-level ε (PRV upper bound and RDP)
-    at the run's δ; to the summary also the accountant that gave it, the population's
-    client-level ε (None without client-level DP) and the ledger key's fingerprint.
+    at the run's δ; to the summary also the accountant that gave it, the worst client's
+    client-level ε against the server and against observers of the released models
+    (Skellam RDP; None without client-level DP) and the ledger key's fingerprint.
     """
 
     def __init__(self, delta: float) -> None:
@@ -119,15 +130,17 @@ class PrivacyLedger(RoundCallback):
         self.delta = delta
         self.worst = EpsilonBound(0.0, 0.0, 0.0, delta, METHOD_NONE)  # nothing released yet
         self.worst_rdp = 0.0
-        self.client_level: float | None = None
+        self.client_level: dict[str, float | None] = {AGAINST_SERVER: None, AGAINST_OBSERVERS: None}
 
     def round_ended(self, run: MethodRun, result: RoundResult) -> Mapping[str, Any]:
         run.ledger.append(result.records)
         snapshot = self.budgets.add(result.records)
         if snapshot.worst() is not None:
             self.worst, self.worst_rdp = snapshot.worst().prv, snapshot.worst().rdp
-        if snapshot.population is not None:
-            self.client_level = snapshot.population.prv.upper
+        for against in self.client_level:
+            worst = snapshot.worst_client_level(against)
+            if worst is not None:
+                self.client_level[against] = worst.epsilon
         return {"epsilon": self.worst.upper, "epsilon_rdp": self.worst_rdp, "delta": self.delta}
 
     def method_ended(self, run: MethodRun) -> Mapping[str, Any]:
@@ -135,7 +148,9 @@ class PrivacyLedger(RoundCallback):
             "epsilon": self.worst.upper,
             "epsilon_method": self.worst.method,
             "epsilon_rdp": self.worst_rdp,
-            "client_level_epsilon": self.client_level,
+            "client_level_epsilon": self.client_level[AGAINST_SERVER],
+            "client_level_epsilon_server": self.client_level[AGAINST_SERVER],
+            "client_level_epsilon_observers": self.client_level[AGAINST_OBSERVERS],
             "delta": self.delta,
             "ledger_fingerprint": run.ledger.fingerprint,
         }

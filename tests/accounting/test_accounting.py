@@ -24,6 +24,7 @@ import accounting.prv as prv_module
 from accounting import (
     BudgetTracker,
     ClientLevelGaussian,
+    DistributedSkellam,
     EpsilonBound,
     Ledger,
     LedgerError,
@@ -124,6 +125,37 @@ def test_client_level_round_records_realised_noise_and_cohort_rate() -> None:
             ClientLevelGaussian(**{"noise_multiplier": 1.0, "cohort_size": 50, "population": 1000, "steps": 1, **kwargs})
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [("mu", 0.0, "must be > 0"), ("mu", math.inf, "must be finite"), ("l2_sensitivity", -1.0, "must be > 0"),
+     ("l1_sensitivity", 2000.0, r"must be at most sqrt\(dim\) \* l2_sensitivity"), ("dim", 0, "must be an integer >= 1"),
+     ("cohort_size", 0, "must be an integer >= 1"), ("population", 3, "must be an integer >= cohort_size=4"),
+     ("sampling", "fixed", "must be 'poisson' or 'fixed_size'"), ("steps", -1, "must be an integer >= 0"),
+     ("dim", 2.0, "must be an integer")],
+)
+def test_distributed_skellam_refuses_bad_fields_naming_them(field: str, value: object, message: str) -> None:
+    fields = {"mu": 1e4, "l1_sensitivity": 400.0, "l2_sensitivity": 100.0, "dim": 16, "cohort_size": 4,
+              "population": 10, "sampling": "poisson", "participants": (1, 2), "steps": 1}
+    DistributedSkellam(**fields)  # valid as given
+    with pytest.raises(ValueError, match=rf"DistributedSkellam\.{field} {message}"):
+        DistributedSkellam(**{**fields, field: value})
+
+
+def test_a_skellam_record_has_no_dominating_gaussian_and_never_reaches_the_prv_route() -> None:
+    """Its records go to accounting.skellam (RDP, per client); a Gaussian accountant handed one refuses it."""
+    sum_ = DistributedSkellam(1e4, 400.0, 100.0, 16, 4, 10, "poisson", (1, 2), 1)
+    assert not hasattr(sum_, "accounted_as")
+    with pytest.raises(TypeError, match=r"mechanisms\[1\] is a DistributedSkellam, which has no dominating"):
+        accounted_history([psg(1, 0.1, 2), sum_])
+    with pytest.raises(TypeError, match="no dominating"):
+        prv_epsilon([sum_], DELTA)
+    # beside sample-level records, the sample-level figures are exactly those of the sample-level records alone
+    sample = [LedgerRecord(1, 1, psg(1.1, 0.05, 4), DELTA), LedgerRecord(2, 1, psg(1.1, 0.05, 4), DELTA)]
+    mixed = sample[:1] + [LedgerRecord(1, None, sum_, DELTA)] + sample[1:]
+    assert budget_snapshot(mixed, DELTA).clients == budget_snapshot(sample, DELTA).clients
+    assert budget_snapshot(mixed, DELTA).population is None
+
+
 def test_accounted_history_is_canonical() -> None:
     a = accounted_history([psg(2, 0.1, 3), psg(1, 0.2, 1), psg(2, 0.1, 4)])
     b = accounted_history([psg(1, 0.2, 1), psg(2, 0.1, 7)])
@@ -152,8 +184,8 @@ def test_prv_epsilon_is_monotone() -> None:
     assert higher_rate.lower > base.upper
     for b in (base, more_steps, more_noise, higher_rate):
         assert b.lower <= b.estimate <= b.upper
-        # upper = eps(delta - delta_error) + eps_error (Gopi et al. 2021, Thm. 5.5)
-        assert EPS_ERROR <= b.upper - b.estimate <= 2 * EPS_ERROR
+        # upper = eps(delta - delta_error) + w, w <= 0.4% of eps (Gopi et al. 2021, Thm. 5.5)
+        assert 0.0 < b.upper - b.estimate <= 0.006 * b.estimate
 
 
 def test_prv_matches_exact_gaussian_composition_at_full_sampling() -> None:
@@ -195,12 +227,12 @@ def test_merged_and_split_histories_agree() -> None:
 # ------------------------------------------------------------------------------ fallbacks
 
 
-def test_real_prv_failure_falls_back_to_rdp(caplog: pytest.LogCaptureFixture) -> None:
-    mechanisms = [psg(0.3, 0.1, 1)]  # prv_accountant 0.2.0: "Discrete mean differs ..."
+def test_real_prv_failure_falls_back_to_pld(caplog: pytest.LogCaptureFixture) -> None:
+    mechanisms = [psg(0.6, 0.2, 100)]  # prv_accountant 0.2.0: "Discrete mean differs ..."
     with caplog.at_level(logging.WARNING, logger="accounting.prv"):
         bound = prv_epsilon(mechanisms, DELTA)
-    assert bound.method == "rdp"
-    assert bound.lower == bound.estimate == bound.upper == rdp_epsilon(mechanisms, DELTA)
+    assert bound.method == "pld"
+    assert bound.lower == bound.estimate == bound.upper < rdp_epsilon(mechanisms, DELTA)
     assert "Discrete mean" in caplog.text
 
 
@@ -215,12 +247,16 @@ class _Raising:
 @pytest.mark.parametrize(
     "exc", [RuntimeError("Discrete mean differs from continuous mean significantly."), MemoryError()]
 )
-def test_forced_prv_failure_subsampled_gives_sound_rdp_bound(
+def test_forced_prv_failure_subsampled_gives_sound_pld_then_rdp_bound(
     monkeypatch: pytest.MonkeyPatch, exc: BaseException
 ) -> None:
     mechanisms = [psg(1.0, 0.01, 1000)]
     tight = prv_epsilon(mechanisms, DELTA)
     monkeypatch.setattr(prv_module, "discretise", _Raising(exc))
+    bound = prv_epsilon(mechanisms, DELTA)
+    assert bound.method == "pld"
+    assert tight.lower <= bound.upper <= tight.upper * 1.01
+    monkeypatch.setattr(prv_module, "pld_epsilon", _Raising(exc))
     bound = prv_epsilon(mechanisms, DELTA)
     assert bound.method == "rdp"
     assert bound.upper == rdp_epsilon(mechanisms, DELTA)
@@ -251,7 +287,7 @@ def test_full_sampling_at_many_steps_never_crashes() -> None:
 def test_grid_guard_falls_back_without_running_prv(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(prv_module, "discretise", _Raising(AssertionError("must not be called")))
     bound = prv_epsilon([psg(1.0, 0.01, 1000)], DELTA, max_grid_points=1000)
-    assert bound.method == "rdp"
+    assert bound.method == "pld"
 
 
 def test_contradictory_prv_band_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -262,7 +298,7 @@ def test_contradictory_prv_band_is_rejected(monkeypatch: pytest.MonkeyPatch) -> 
     assert full.upper == pytest.approx(exact_gaussian_epsilon(math.sqrt(10) / 2.0, DELTA), abs=1e-9)
     private = [psg(20.0, 0.01, 10)]
     assert rdp_epsilon(private, DELTA) < 0.5
-    assert prv_epsilon(private, DELTA).method == "rdp"
+    assert prv_epsilon(private, DELTA).method == "pld"
 
 
 def test_fallback_is_logged_once_per_reason(caplog: pytest.LogCaptureFixture) -> None:
@@ -301,7 +337,7 @@ def test_composition_equals_prv_accountants_on_the_same_grid(sigma: float, q: fl
             eps_error=EPS_ERROR, delta_error=DELTA * 1e-3, eps_max=grid.half_width,
         )
     reference = accountant.compute_epsilon(DELTA, [steps])
-    bound = prv_epsilon([psg(sigma, q, steps)], DELTA)
+    bound = prv_epsilon([psg(sigma, q, steps)], DELTA, EPS_ERROR, relative_eps_error=0.0)
     assert bound.method == "prv"
     assert (bound.lower, bound.estimate, bound.upper) == pytest.approx(reference, abs=1e-7)
 

@@ -16,6 +16,7 @@ from accounting import (
     LEDGER_FORMAT_VERSION,
     LEDGER_FORMAT_VERSIONS,
     ClientLevelGaussian,
+    DistributedSkellam,
     Ledger,
     LedgerError,
     LedgerRecord,
@@ -277,9 +278,13 @@ _CLG = {
     "name": "client_level_gaussian", "noise_multiplier": 0.8, "cohort_size": 50,
     "population": 1000, "steps": 1, "sampling": "poisson",
 }
+_DSK = {
+    "name": "distributed_skellam", "mu": 15000.5, "l1_sensitivity": 2560.0, "l2_sensitivity": 160.25, "dim": 256,
+    "cohort_size": 4, "population": 1000, "sampling": "fixed_size", "participants": [3, 17, 512], "steps": 1,
+}
 
 
-@pytest.mark.parametrize("data", [_PSG, _CLG])
+@pytest.mark.parametrize("data", [_PSG, _CLG, _DSK])
 def test_mechanisms_round_trip_by_name_and_fields(data: dict[str, Any]) -> None:
     mechanism = mechanism_from_dict(dict(data))
     assert mechanism.to_dict() == data
@@ -295,13 +300,15 @@ def test_mechanism_from_dict_refuses_an_unknown_name(name: Any) -> None:
         mechanism_from_dict({key: value for key, value in _PSG.items() if key != "name"})
 
 
-@pytest.mark.parametrize("cls, data", [(PoissonSubsampledGaussian, _PSG), (ClientLevelGaussian, _CLG)])
+@pytest.mark.parametrize(
+    "cls, data", [(PoissonSubsampledGaussian, _PSG), (ClientLevelGaussian, _CLG), (DistributedSkellam, _DSK)]
+)
 def test_class_from_dict_refuses_another_mechanisms_name(cls: type, data: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match=r"\.name must be"):
         cls.from_dict({**data, "name": "renamed"})
 
 
-@pytest.mark.parametrize("data", [_PSG, _CLG])
+@pytest.mark.parametrize("data", [_PSG, _CLG, _DSK])
 def test_mechanism_from_dict_refuses_an_extra_field(data: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match=r"unknown field\(s\) \['clip_norm'\]"):
         mechanism_from_dict({**data, "clip_norm": 1.0})
@@ -309,11 +316,49 @@ def test_mechanism_from_dict_refuses_an_extra_field(data: dict[str, Any]) -> Non
         type(mechanism_from_dict(dict(data))).from_dict({**data, "clip_norm": 1.0})
 
 
-@pytest.mark.parametrize("data, field", [(_PSG, "steps"), (_CLG, "sampling"), (_CLG, "population")])
+@pytest.mark.parametrize(
+    "data, field", [(_PSG, "steps"), (_CLG, "sampling"), (_CLG, "population"), (_DSK, "participants"), (_DSK, "mu")]
+)
 def test_mechanism_from_dict_refuses_a_missing_field(data: dict[str, Any], field: str) -> None:
     """Even ``sampling``, which the constructor defaults: a persisted field is never guessed."""
     with pytest.raises(ValueError, match=rf"missing field\(s\) \['{field}'\]"):
         mechanism_from_dict({key: value for key, value in data.items() if key != field})
+
+
+def test_distributed_skellam_persists_its_name_fields_and_participants_exactly(tmp_path: Path) -> None:
+    """Pinned: the ledger name, the field names and a line's exact text; participants
+    come back as the same sorted tuple, through a signed ledger and its audit."""
+    mechanism = mechanism_from_dict(dict(_DSK))
+    assert DistributedSkellam.name == "distributed_skellam" and mechanism.participants == (3, 17, 512)
+    assert sorted(mechanism.to_dict()) == sorted(_DSK)
+    record = LedgerRecord(4, None, mechanism, DELTA)
+    assert record.to_json() == (
+        '{"client":null,"delta":1e-05,"mechanism":{"cohort_size":4,"dim":256,"l1_sensitivity":2560.0,'
+        '"l2_sensitivity":160.25,"mu":15000.5,"name":"distributed_skellam","participants":[3,17,512],'
+        '"population":1000,"sampling":"fixed_size","steps":1},"round":4}'
+    )
+    assert LedgerRecord.from_json(record.to_json()) == record
+    key = Ed25519PrivateKey.generate()
+    path = tmp_path / "ledger.jsonl"
+    written = _write(path, key)
+    Ledger(path, signing_key=key).append([record])
+    assert read_ledger(path) == written + [record]
+    audit = audit_ledger(path)
+    assert not audit.problems and audit.records[-1] == record
+    with pytest.raises(ValueError, match="client must be None"):
+        LedgerRecord(4, 3, mechanism, DELTA)
+
+
+@pytest.mark.parametrize(
+    ("participants", "message"),
+    [([17, 3], r"participants must be strictly increasing"), ([3, 3], r"participants must be strictly increasing"),
+     ([], r"participants must name at least one client"), ([True], r"participants\[0\] must be a client id"),
+     ([-1], r"participants\[0\] must be a client id"), ("3", r"participants must be a JSON list"),
+     ([1, 2, 3, 4, 5], r"participants must name at most cohort_size=4 clients")],
+)
+def test_distributed_skellam_refuses_a_malformed_participants_list(participants: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=rf"^DistributedSkellam\.{message}"):
+        mechanism_from_dict({**_DSK, "participants": participants})
 
 
 def test_ledger_line_with_an_unknown_mechanism_is_refused(tmp_path: Path) -> None:

@@ -119,3 +119,43 @@ def test_bad_values_exit_2_naming_the_field(dry, args, start):
     assert result.exit_code == BAD_INPUT
     assert " ".join(result.output.split()).startswith(start), result.output
     assert result.stdout == ""
+
+
+TINY_VIT = (
+    'dataset = "digits"\nmodel = "vit_tiny_patch16_224"\npretrained = false\nimg_size = 16\nlimit = 200\n'
+    "[model_kwargs]\npatch_size = 4\ndepth = 1\nembed_dim = 16\nnum_heads = 2\n"
+)
+
+
+def test_client_level_dp_shows_the_skellam_mechanism_of_every_phase(monkeypatch, tmp_path):
+    """--dry-run sizes the Skellam code for each phase's real update (it builds the model)."""
+    from fedsim.dp.skellam import skellam_params
+
+    monkeypatch.setattr("cli.run.start_job", refuse)
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY_VIT)
+    result = CliRunner().invoke(app, ["run", "-c", str(config), "-m", "dp-lora,deer", "--client-sigma", "0.7", "--dry-run"])
+    plan = report(result)["secure_sum"]
+    assert "frac_bits" not in plan  # no fixed-point code under client-level DP
+    phases = plan["skellam"]
+    assert [len(phases["dp-lora"]), len(phases["deer"])] == [1, 2]
+    for shown in phases["dp-lora"] + phases["deer"]:
+        dim, padded = shown["dim"], shown["padded_dim"]
+        assert padded >= dim > padded // 2 and padded & (padded - 1) == 0
+        expected = skellam_params(dim, 1.0, 0.7, plan["cohort"], plan["modulus_bits"])
+        assert shown["gamma"] == expected.gamma and shown["mu"] == expected.mu
+        assert shown["l2_sensitivity"] >= shown["gamma"] * 1.0  # rounding never lowers the bound
+        assert 1.0 <= shown["rounding_inflation"] <= 1.01
+        assert shown["wrap_probability_per_coordinate"] <= 1e-12
+        assert shown["mu"] == pytest.approx((shown["gamma"] * 0.7 * 1.0) ** 2 / 2)
+
+
+def test_client_level_noise_the_ring_cannot_hold_is_refused_naming_the_field(monkeypatch, tmp_path):
+    monkeypatch.setattr("cli.run.start_job", refuse)
+    config = tmp_path / "wide.toml"  # ~200k LoRA values: at z = 1000 a 32-bit ring leaves too coarse a scale
+    config.write_text(TINY_VIT.replace("depth = 1\nembed_dim = 16\nnum_heads = 2", "depth = 2\nembed_dim = 256\nnum_heads = 4"))
+    args = ["run", "-c", str(config), "--lora-rank", "64", "--client-sigma", "1000", "--dry-run"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == BAD_INPUT, result.output
+    assert "is invalid" in result.output and "Skellam sum" in result.output
+    assert CliRunner().invoke(app, [*args, "--secagg-modulus-bits", "64"]).exit_code == 0  # the ring the error suggests

@@ -39,18 +39,25 @@ def test_each_round_trains_a_cohort_of_four_distinct_virtual_clients(population_
             assert all(r["mechanism"]["steps"] == 2 // phases for r in records if r["round"] == round_idx)
 
 
-def test_every_secure_sum_records_a_client_level_release_at_the_realized_noise(population_run):
+def test_every_secure_sum_records_a_skellam_release_naming_its_participants(population_run):
     run_dir, result = population_run
     for method, phases in (("rolora", 1), ("deer", 2)):
-        population = [r for r in ledger(run_dir, method) if r["client"] is None]
+        records = ledger(run_dir, method)
+        population = [r for r in records if r["client"] is None]
         assert len(population) == 2 * phases  # one release per secure sum
         for r in population:
             m = r["mechanism"]
-            assert m["name"] == "client_level_gaussian" and m["sampling"] == "fixed_size"
+            assert m["name"] == "distributed_skellam" and m["sampling"] == "fixed_size"
             assert m["cohort_size"] == 4 and m["population"] == 8
-            assert m["noise_multiplier"] == pytest.approx(0.8)  # no dropouts: realized = planned
+            # who reached the sum: exactly that round's cohort (no dropouts), as its sample-level records say
+            trained = sorted({x["client"] for x in records if x["client"] is not None and x["round"] == r["round"]})
+            assert m["participants"] == trained
+            assert m["l2_sensitivity"] >= 1.0 and m["mu"] > 0
     for summary in result["results"]:
-        assert summary["client_level_epsilon"] > 0 and summary["epsilon"] > 0
+        server, observers = summary["client_level_epsilon_server"], summary["client_level_epsilon_observers"]
+        assert server > 0 and summary["epsilon"] > 0
+        assert observers == server  # fixed-size cohorts: no amplification claimed against anyone
+        assert summary["client_level_epsilon"] == server
 
 
 def test_the_population_run_verifies(population_run):

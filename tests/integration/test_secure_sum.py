@@ -23,6 +23,7 @@ import pytest
 import torch
 
 import fedsim.secure_sum.exchange as secure_sum_module
+from fedsim.dp.randomness import SecretRandom
 from fedsim.secure_sum.dropouts import DropoutPlan
 from fedsim.transport.vocabulary import Kind
 from fedsim.transport.relay import ClientRelay, Evicted, RelayError, ServerRelay
@@ -79,9 +80,9 @@ def client_update(client_id: int, round_idx: int) -> torch.Tensor:
     return update
 
 
-def rounding_generator(rank: int, round_idx: int) -> torch.Generator:
-    """Seeded rounding coins, so the test can recompute every client's encoded input."""
-    return torch.Generator().manual_seed(777 + 100 * round_idx + rank)
+def rounding_random(rank: int, round_idx: int) -> SecretRandom:
+    """Rounding coins under a fixed key, so the test can recompute every client's encoded input."""
+    return SecretRandom(key=(777 + 100 * round_idx + rank).to_bytes(32, "little"))
 
 
 def encoded_inputs(round_idx: int, asked=COHORT) -> dict[int, np.ndarray]:
@@ -90,9 +91,9 @@ def encoded_inputs(round_idx: int, asked=COHORT) -> dict[int, np.ndarray]:
     codec = SCRIPTS[round_idx].config.codec(len(COHORT))
     codes = {}
     for rank, hosted in HOSTS.items():
-        generator = rounding_generator(rank, round_idx)
+        rounding = rounding_random(rank, round_idx)
         for cid in (c for c in hosted if c in asked):
-            codes[cid] = as_ring_array(codec.encode(client_update(cid, round_idx), generator)).copy()
+            codes[cid] = as_ring_array(codec.encode(client_update(cid, round_idx), rounding.key())).copy()
     return codes
 
 
@@ -174,7 +175,7 @@ def _participate(rank: int, relay: ClientRelay) -> None:
             round_idx=round_idx,
             dim=DIM,
             config=script.config,
-            generator=rounding_generator(rank, round_idx),
+            rounding=rounding_random(rank, round_idx),
             dropouts=Dying(rate=plan.rate, schedule=plan.schedule, seed=plan.seed) if script.dies else plan,
         )
     try:

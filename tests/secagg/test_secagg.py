@@ -54,6 +54,11 @@ def _gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def _coins(seed: int = 0) -> bytes:
+    """A fixed 32-byte rounding-coin key (tests only; fedsim draws one from its CSPRNG)."""
+    return hashlib.sha256(b"coins" + seed.to_bytes(8, "little")).digest()
+
+
 def _test_key(label: str, *parts: int) -> bytes:
     return hashlib.sha256(label.encode() + repr(parts).encode()).digest()
 
@@ -109,34 +114,34 @@ def test_codec_round_trip_within_one_step(bits: int, ring: torch.dtype) -> None:
     assert codec.dtype == ring
     for real in (torch.float32, torch.float64):
         x = torch.randn(10_000, generator=_gen(1), dtype=real) * 3
-        code = codec.encode(x, _gen(2))
+        code = codec.encode(x, _coins(2))
         assert code.dtype == ring
         decoded = codec.decode_sum(code)
         assert decoded.dtype == torch.float32
         err = (decoded.double() - x.clamp(-2.0, 2.0).double()).abs()
         assert float(err.max()) <= 1.0 / codec.scale + 1e-7, real
         # the cohort's ring sum, decoded from the unsigned view the protocol returns
-        codes = [codec.encode(x, _gen(10 + i)) for i in range(codec.num_parties)]
+        codes = [codec.encode(x, _coins(10 + i)) for i in range(codec.num_parties)]
         total = codec.decode_sum(as_ring_array(wrapping_sum(codes)))
         expected = codec.num_parties * x.clamp(-2.0, 2.0).double()
         assert float((total.double() - expected).abs().max()) <= codec.num_parties / codec.scale + 1e-6, real
 
 
-def test_encode_depends_only_on_generator_state_across_chunks() -> None:
+def test_encode_depends_only_on_coin_key_across_chunks() -> None:
     codec = FixedPointCodec(clip_range=1.0, num_parties=2)
     x = torch.randn(ACROSS_CHUNKS, generator=_gen(3)) * 0.3
-    first = codec.encode(x, _gen(11))
-    assert torch.equal(first, codec.encode(x, _gen(11)))
-    assert not torch.equal(first, codec.encode(x, _gen(12)))
+    first = codec.encode(x, _coins(11))
+    assert torch.equal(first, codec.encode(x, _coins(11)))
+    assert not torch.equal(first, codec.encode(x, _coins(12)))
     err = (codec.decode_sum(first) - x.clamp(-1.0, 1.0)).abs()
     assert float(err.max()) <= 1.0 / codec.scale + 1e-7
-    assert codec.encode(x.reshape(3, -1), _gen(11)).reshape(-1).equal(first)
+    assert codec.encode(x.reshape(3, -1), _coins(11)).reshape(-1).equal(first)
 
 
 def test_codec_exact_on_grid_points_and_float64() -> None:
     codec = FixedPointCodec(clip_range=1.0, num_parties=3)
     grid = torch.tensor([0.0, 0.5, -0.25, 1.0, -1.0, 3 * 2.0**-29], dtype=torch.float64)
-    code = codec.encode(grid, _gen())
+    code = codec.encode(grid, _coins())
     assert code.tolist() == [int(v * 2**29) for v in grid.tolist()]
     assert torch.equal(codec.decode_sum(code), grid.to(torch.float32))
 
@@ -144,13 +149,15 @@ def test_codec_exact_on_grid_points_and_float64() -> None:
 def test_codec_rejects_non_finite_and_non_float() -> None:
     codec = FixedPointCodec(1.0, 2)
     with pytest.raises(ValueError, match="finite"):
-        codec.encode(torch.tensor([0.0, float("nan")]), _gen())
+        codec.encode(torch.tensor([0.0, float("nan")]), _coins())
     with pytest.raises(ValueError, match="floating-point"):
-        codec.encode(torch.tensor([1, 2]), _gen())
+        codec.encode(torch.tensor([1, 2]), _coins())
     with pytest.raises(ValueError, match="int32"):
         codec.decode_sum(torch.tensor([1.0]))
-    with pytest.raises(ValueError, match="generator"):
+    with pytest.raises(ValueError, match="coin_key must be 32 bytes"):
         codec.encode(torch.zeros(3), 0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="coin_key must be exactly 32 bytes, got 31"):
+        codec.encode(torch.zeros(3), bytes(31))
 
 
 def test_stochastic_rounding_is_unbiased() -> None:
@@ -158,7 +165,7 @@ def test_stochastic_rounding_is_unbiased() -> None:
     step = 1.0 / codec.scale
     for frac in (0.3, 0.75, 0.01):
         value = (12345 + frac) * step
-        codes = codec.encode(torch.full((200_000,), value, dtype=torch.float64), _gen(7))
+        codes = codec.encode(torch.full((200_000,), value, dtype=torch.float64), _coins(7))
         assert set(codes.unique().tolist()) == {12345, 12346}
         mean = float(codes.to(torch.float64).mean())
         sigma = math.sqrt(frac * (1 - frac) / codes.numel())
@@ -170,7 +177,7 @@ def test_worst_case_cohort_sum_does_not_wrap() -> None:
     n = 7
     codec = FixedPointCodec(clip_range=0.1, num_parties=n)
     for sign in (1.0, -1.0):
-        codes = [codec.encode(torch.full((64,), sign * 5.0), _gen(i)) for i in range(n)]
+        codes = [codec.encode(torch.full((64,), sign * 5.0), _coins(i)) for i in range(n)]
         assert all(int(c.abs().max()) <= codec.max_abs_code for c in codes)
         total = codec.decode_sum(wrapping_sum(codes))
         assert torch.all(total * sign > 0)
@@ -182,7 +189,7 @@ def test_weighted_mean_codec_validates() -> None:
         WeightedMeanCodec(clip_range=1e-9, max_weight=2**30, num_parties=4)
     codec = WeightedMeanCodec(clip_range=1.0, max_weight=10, num_parties=3)
     with pytest.raises(ValueError, match="weight must be an int in \\[0, 10\\]"):
-        codec.encode(torch.zeros(2), 11, torch.Generator())
+        codec.encode(torch.zeros(2), 11, _coins())
     with pytest.raises(ValueError, match="total weight"):
         codec.decode_mean(np.zeros(3, np.uint32))
 

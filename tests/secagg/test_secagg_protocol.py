@@ -222,7 +222,7 @@ def test_weighted_mean_through_the_protocol() -> None:
     xs = {u: torch.full((3,), 0.1 * u, dtype=torch.float64) for u in (1, 2, 3, 4)}
     weights = {1: 10, 2: 0, 3: 30, 4: 999}
     params = _params(4, 3, bits=64, dim=4)
-    inputs = {u: as_ring_array(codec.encode(xs[u], weights[u], torch.Generator().manual_seed(u))) for u in xs}
+    inputs = {u: as_ring_array(codec.encode(xs[u], weights[u], bytes([u]) * 32)) for u in xs}
     server = run_in_memory(params, inputs, {MASKED_INPUT_COLLECTION: {4}})
     mean, total = codec.decode_mean(server.result)
     assert total == 40

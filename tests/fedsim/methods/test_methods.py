@@ -1,14 +1,15 @@
-"""Invariants of each method's schedule and of DEeR's regulator (client-level DP shares:
-tests/fedsim/dp/test_client_level.py)."""
-
-import math
+"""Invariants of each method's schedule (client-level DP: tests/fedsim/dp/test_skellam.py)."""
 
 import pytest
 import torch
 
 from fedsim.methods.registry import METHOD_TABLE, get_method, phase_steps
-from fedsim.methods.deer import lora_partner, regulated_noise, regulator_scale, shaped_noise
 from tests.support.tiny_lora import snapshot, tiny_client
+
+
+def lora_partner(name: str) -> str:
+    """The lora_A parameter of the same LoRA module as a lora_B name."""
+    return name.replace(".lora_B.", ".lora_A.")
 
 
 def global_vector(trainer):
@@ -67,46 +68,3 @@ def test_deer_stage_aggregate_has_no_deviation():
         torch.testing.assert_close(mean_b @ a[lora_partner(n)], mean_product, rtol=1e-5, atol=1e-6)
 
 
-def min_direction_std(samples: torch.Tensor) -> float:
-    """sqrt of the smallest eigenvalue of the sample covariance of rows."""
-    return float(torch.linalg.eigvalsh(torch.cov(samples.T.double()))[0]) ** 0.5
-
-
-@pytest.mark.parametrize("trained", ["B", "A"])
-def test_regulated_noise_is_at_least_std_in_every_direction(trained):
-    g = torch.Generator().manual_seed(1)
-    r, d = 3, 5
-    frozen = torch.diag(torch.tensor([4.0, 1.0, 0.5]))  # spread singular values: scaling matters
-    if trained == "B":  # A frozen (r×d_in), ξ_B rows ~ N(0, s²(AAᵀ)⁻¹)
-        a = torch.cat([frozen, torch.zeros(r, d - r)], dim=1)
-        draws = torch.stack([shaped_noise("m.lora_B.default.weight", torch.Size((1, r)), a, 0.7, g)[0] for _ in range(6000)])
-    else:  # B frozen (d_out×r), ξ_A columns ~ N(0, s²(BᵀB)⁻¹)
-        b = torch.cat([frozen, torch.zeros(d - r, r)], dim=0)
-        draws = torch.stack([shaped_noise("m.lora_A.default.weight", torch.Size((r, 1)), b, 0.7, g)[:, 0] for _ in range(6000)])
-    assert regulator_scale(frozen, 0.7) == pytest.approx(0.7 * 4.0)
-    # The weakest direction is the frozen factor's largest singular direction: std exactly 0.7.
-    assert min_direction_std(draws) == pytest.approx(0.7, rel=0.05)
-    # Unscaled (DEeR as published, s = std) that direction would get 0.7 / 4.
-    assert min_direction_std(draws) > 0.7 / 4 * 2
-
-
-def test_regulated_noise_shapes_the_product_noise_as_published():
-    """ξ_B·A = W·P_A: the product noise lies in A's row space."""
-    g = torch.Generator().manual_seed(2)
-    a = torch.randn(2, 6, generator=g)
-    xi = shaped_noise("m.lora_B.default.weight", torch.Size((4, 2)), a, 1.0, g)
-    product = xi.double() @ a.double()
-    projector = a.double().T @ torch.linalg.solve(a.double() @ a.double().T, a.double())
-    torch.testing.assert_close(product @ projector, product, rtol=1e-6, atol=1e-8)
-
-
-def test_rank_deficient_frozen_factor_falls_back_to_isotropic_noise():
-    g = torch.Generator().manual_seed(3)
-    b = torch.zeros(4, 2)  # LoRA's B at init: cannot shape anything
-    assert regulator_scale(b, 1.0) is None
-    layout = [("m.lora_A.default.weight", torch.Size((2, 3))), ("head.weight", torch.Size((3,)))]
-    noise = regulated_noise(layout, {"m.lora_B.default.weight": b}, 1.0, g)
-    assert noise.shape == (9,) and torch.isfinite(noise).all()
-    samples = torch.stack([regulated_noise(layout, {"m.lora_B.default.weight": b}, 1.0, g) for _ in range(4000)])
-    assert min_direction_std(samples) == pytest.approx(1.0, rel=0.1)
-    assert math.isclose(float(samples.std()), 1.0, rel_tol=0.05)

@@ -54,7 +54,6 @@ def test_every_list_of_stages_is_derived_from_the_protocols():
 
 
 def test_methods_carry_their_own_flags():
-    flagged = {name: (m.smoothing, m.noise_regulator, m.scaled_b_lr) for name, m in METHOD_TABLE.items()}
-    assert flagged["la-lora"] == (True, False, True)
-    assert flagged["deer"] == (False, True, False)
-    assert all(flags == (False, False, False) for name, flags in flagged.items() if name not in ("la-lora", "deer"))
+    flagged = {name: (m.smoothing, m.scaled_b_lr) for name, m in METHOD_TABLE.items()}
+    assert flagged["la-lora"] == (True, True)
+    assert all(flags == (False, False) for name, flags in flagged.items() if name != "la-lora")
