@@ -73,6 +73,15 @@ class CohortSampling:
             return min(self.size, population)
         return max(1, round(self.rate * population))
 
+    def accounted_size(self, population: int) -> int:
+        """The cohort size the ledger records, so that its rate cohort / population is never below
+        the true one: ``size`` for fixed cohorts; for Poisson the smallest k with k / P >= q (an
+        expected size rounded down would under-state q, and so ε against observers)."""
+        if self.kind == "fixed":
+            return min(self.size, population)
+        k = max(1, round(self.rate * population))
+        return k + 1 if k / population < self.rate else k
+
     @property
     def accounting_name(self) -> str:
         """How the ledger names this sampling (:class:`accounting.ClientLevelGaussian`)."""

@@ -14,7 +14,7 @@ from fedsim.config import ConfigError, RunConfig
 from fedsim.data.loaders import load_dataset
 from fedsim.data.partition import partition
 from fedsim.population import cohort_sampling
-from fedsim.secure_sum.config import secure_sum_config
+from fedsim.secure_sum.config import MIN_COHORT, secure_sum_config
 
 _SKELLAM_FIELDS = (("modulus_bits", "secagg_modulus_bits"), ("noise_multiplier", "client_noise_multiplier"), ("clip", "client_clip"))
 
@@ -97,7 +97,7 @@ def check_client_level_noise(config: RunConfig) -> dict[str, list]:
     Builds each method's model once (on the CPU, to learn the sizes of the updates its
     phases send) and sizes the mechanism for each (:func:`fedsim.dp.skellam.skellam_params`:
     the scale γ, the rounded sensitivities, the ring's wrap bound) at the expected cohort,
-    and checks the largest cohort (the whole population) too; a ring too small for the
+    and checks the smallest (2) and largest (the whole population) cohorts too; a ring too small for the
     noisy sum is a ConfigError naming the field. ``{}`` without client-level DP.
     """
     settings = secure_sum_config(config)
@@ -120,7 +120,8 @@ def check_client_level_noise(config: RunConfig) -> dict[str, list]:
         for phase in method.phases(1):
             dim = flat_size(params, phase.sent_names(factors))
             try:
-                settings.skellam(dim, config.population_size)  # the largest cohort's sum fits too
+                for size in (MIN_COHORT, config.population_size):  # the smallest and largest cohorts fit too
+                    settings.skellam(dim, size)
                 planned[name].append(settings.skellam(dim, cohort))
             except ValueError as exc:
                 field = next((f for prefix, f in _SKELLAM_FIELDS if str(exc).startswith(prefix)), "secagg_modulus_bits")

@@ -511,6 +511,7 @@ def skellam_params(
     guard_bits: int = DEFAULT_GUARD_BITS,
     max_parties: int | None = None,
     max_rounding_inflation: float = DEFAULT_MAX_ROUNDING_INFLATION,
+    gamma: float | None = None,
 ) -> SkellamParams:
     """Choose γ as large as the ring allows and derive Δ2, Δ1, μ (AKL21, Alg. 1 and its choice
     of the scale: larger γ, less rounding inflation, up to what the modulus holds).
@@ -523,6 +524,11 @@ def skellam_params(
     ValueError, naming the field and its allowed range, for an invalid argument, when not
     even 2n fits (the rounding alone), or when the chosen γ leaves Δ2/(γS) >
     ``max_rounding_inflation`` (the ring is too small for this z, cohort and dim).
+
+    ``gamma``: use this scale instead of choosing one (e.g. the one chosen for the largest
+    cohort, so that γ, and with it the lattice of the decoded sum, does not depend on the
+    cohort's size); ValueError when it exceeds the caps or the honest sum of ``max_parties``
+    would not fit.
     """
     d_padded = padded_dim(dim)
     _check_positive("clip", clip)
@@ -562,7 +568,11 @@ def skellam_params(
     cap = MAX_SCALED_CLIP / clip
     if z > 0:
         cap = min(cap, math.sqrt(2 * planned * MAX_SHARE_MU) / (z * clip))
-    if fits(cap):
+    if gamma is not None:
+        _check_positive("gamma", gamma)
+        if gamma > cap * (1 + 1e-12) or not fits(gamma):
+            raise ValueError(f"gamma={gamma!r} is invalid: {where} holds at most γ={cap:.6g} and an honest sum that fits the ring")
+    elif fits(cap):
         gamma = cap
     else:
         lo = cap

@@ -10,11 +10,12 @@ with client-level DP, the Skellam mechanism's (:meth:`SecureSumConfig.skellam`,
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 from fedsim.config import RunConfig
-from fedsim.dp.skellam import SkellamParams, padded_dim, skellam_params
+from fedsim.dp.skellam import MAX_SHARE_MU, SkellamParams, padded_dim, skellam_params
 from fedsim.secure_sum.dropouts import DropoutPlan
 from fedsim.transport.vocabulary import NO_STAGE
 from secagg import stages
@@ -22,7 +23,10 @@ from secagg.encoding import FixedPointCodec, check_ring
 from secagg.params import THREAT_MODELS, ProtocolParams, check_secagg_params, choose_secagg_params, choose_threshold
 from secagg.threat_models import ACTIVE
 
-__all__ = ["GRAPHS", "GUARD_BITS", "MAX_DROPOUT_LIMIT", "SecureSumConfig", "dropout_plan", "reply_limit", "secure_sum_config", "stage_limits"]
+__all__ = [
+    "GRAPHS", "GUARD_BITS", "MAX_DROPOUT_LIMIT", "SecureSumConfig", "dropout_plan", "largest_cohort_gamma", "reply_limit",
+    "secure_sum_config", "stage_limits",
+]
 
 GUARD_BITS = 8
 """Ring bits kept free above the cohort's largest honest sum: a random out-of-code value
@@ -33,6 +37,9 @@ GRAPHS = ("full", "sparse")
 random k-regular graph, k = O(log n) (SecAgg+, Bell et al. 2020)."""
 
 MAX_DROPOUT_LIMIT = 0.5
+
+MIN_COHORT = 2
+"""The smallest cohort a secure sum runs for (one client's "sum" would be its update)."""
 """The largest declared real-dropout fraction a run may plan for."""
 
 
@@ -58,7 +65,8 @@ class SecureSumConfig:
     ``client_noise_multiplier`` z > 0 turns client-level DP on: every member of a cohort of
     n clips its whole update to ``client_clip`` S and adds 1/n of integer Skellam noise whose
     sum has variance (zS)² in the update's units (:meth:`skellam`); ``clip_range`` then
-    plays no part.
+    plays no part. ``population``: the most clients a cohort can hold (sizes the Skellam
+    scale; 0: the cohort itself).
     """
 
     clip_range: float = 1.0
@@ -75,6 +83,7 @@ class SecureSumConfig:
     threat_model: str = "semi-honest"
     client_noise_multiplier: float = 0.0
     client_clip: float = 1.0
+    population: int = 0
 
     def __post_init__(self) -> None:
         check_ring(self.clip_range, self.modulus_bits)
@@ -86,6 +95,8 @@ class SecureSumConfig:
             raise ValueError(f"timeout_s={self.timeout_s!r} is invalid: expected seconds > 0")
         if self.threat_model not in THREAT_MODELS:
             raise ValueError(f"threat_model={self.threat_model!r} is invalid: expected one of {THREAT_MODELS}")
+        if isinstance(self.population, bool) or not isinstance(self.population, int) or self.population < 0:
+            raise ValueError(f"population={self.population!r} is invalid: expected an integer >= 0")
         dropout = self.max_dropout
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout <= MAX_DROPOUT_LIMIT:
             raise ValueError(f"max_dropout={dropout!r} is invalid: expected a fraction in [0, {MAX_DROPOUT_LIMIT}]")
@@ -115,14 +126,19 @@ class SecureSumConfig:
         :func:`fedsim.dp.skellam.skellam_params`).
 
         Each member adds 1/n of the noise for the cohort n it is actually in (the protocol's
-        client ids), not for the expected cohort, so without dropouts every release carries
-        exactly the configured noise whatever size a Poisson cohort came out: the noise
-        level reveals nothing about who took part. Dropouts lower it (the ledger records
-        the realized μ).
+        client ids), not for the expected cohort, and the scale γ is the one chosen for the
+        largest cohort (``population``), so without dropouts every release carries exactly
+        the configured noise on the same lattice whatever size a Poisson cohort came out:
+        neither the noise level nor the decoded sum's grid reveals how many took part.
+        Dropouts lower the noise (the ledger records the realized μ).
         """
         if not self.client_level:
             raise ValueError("client_noise_multiplier=0: client-level DP is off, there is no Skellam mechanism")
-        return skellam_params(dim, self.client_clip, self.client_noise_multiplier, cohort_size, self.modulus_bits)
+        largest = max(self.population, cohort_size)
+        gamma = largest_cohort_gamma(dim, self.client_clip, self.client_noise_multiplier, largest, self.modulus_bits)
+        return skellam_params(
+            dim, self.client_clip, self.client_noise_multiplier, cohort_size, self.modulus_bits, gamma=gamma,
+        )
 
     def ring_dim(self, dim: int) -> int:
         """How many ring elements carry an update of ``dim`` values (the Skellam code pads to 2^k)."""
@@ -134,7 +150,7 @@ class SecureSumConfig:
         A cohort of one is refused: its "sum" would be that client's update.
         """
         n = cohort_size
-        if n < 2:
+        if n < MIN_COHORT:
             raise ValueError(f"cohort={n} is too small: secure aggregation needs at least 2 clients")
         sizing = self._sizing()
         if self.threshold is None and self.neighbours is None:
@@ -169,6 +185,18 @@ class SecureSumConfig:
             consistency_check=self.consistency_check or self.active,
             active=self.active,
         )
+
+
+@functools.lru_cache(maxsize=64)
+def largest_cohort_gamma(dim: int, clip: float, noise_multiplier: float, cohort: int, modulus_bits: int) -> float:
+    """The Skellam scale γ chosen for a cohort of ``cohort`` (:func:`fedsim.dp.skellam.skellam_params`),
+    lowered if need be so that a cohort of 2's noise shares stay in the Poisson sampler's range
+    (:data:`~fedsim.dp.skellam.MAX_SHARE_MU`); every smaller cohort's sum fits the ring at this γ
+    too (less signal, the same total noise)."""
+    gamma = skellam_params(dim, clip, noise_multiplier, cohort, modulus_bits).gamma
+    if noise_multiplier > 0:
+        gamma = min(gamma, math.sqrt(2 * MIN_COHORT * MAX_SHARE_MU) / (noise_multiplier * clip))
+    return gamma
 
 
 def reply_limit(dim: int, cohort: int, hosted: int) -> int:
@@ -226,6 +254,7 @@ def secure_sum_config(config: RunConfig) -> SecureSumConfig:
         threat_model=config.secagg_threat_model,
         client_noise_multiplier=config.client_noise_multiplier,
         client_clip=config.client_clip,
+        population=config.population_size,
     )
 
 

@@ -86,7 +86,7 @@ def client_level_record(
             l1_sensitivity=params.l1_sensitivity,
             l2_sensitivity=params.l2_sensitivity,
             dim=params.padded_dim,
-            cohort_size=sampling.expected_size(population),
+            cohort_size=sampling.accounted_size(population),
             population=population,
             sampling=sampling.accounting_name,
             participants=tuple(sorted(survivors)),

@@ -39,6 +39,14 @@ def test_poisson_cohort_size_is_binomial_and_draws_differ():
     assert sampling.expected_size(1000) == 50 and sampling.accounting_name == "poisson"
 
 
+@pytest.mark.parametrize("rate, population", [(0.033, 100), (0.05, 1000), (0.5, 3), (1e-4, 100), (1.0, 7), (0.3, 10)])
+def test_the_recorded_poisson_rate_is_never_below_the_true_one(rate, population):
+    """The ledger's q = cohort_size / population: rounding the expected size down (0.033 x 100 -> 3)
+    would state a smaller q than the cohorts were drawn with, and under-state ε against observers."""
+    k = CohortSampling("poisson", rate=rate).accounted_size(population)
+    assert k / population >= rate and (k - 1) / population < rate or k == 1
+
+
 @pytest.mark.parametrize(
     "kwargs, field",
     [({"kind": "round-robin"}, "cohort='round-robin'"), ({"kind": "poisson", "rate": 0.0}, "cohort_rate=0.0"),

@@ -4,6 +4,7 @@ mechanism with it; the decode-time range check on both, against a client that sk
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from fedsim.dp.randomness import SecretRandom
@@ -66,3 +67,14 @@ def test_without_client_level_dp_the_fixed_point_code_is_used_as_before():
     checked, total = checked_sum(code, ring_sum(inputs), outcome())
     assert not checked.aborted
     torch.testing.assert_close(total, sum(updates()), atol=COHORT * 2.0**-code.fixed.frac_bits, rtol=0)
+
+
+def test_the_skellam_scale_is_the_largest_cohorts_so_the_sum_does_not_reveal_the_cohort_size():
+    """A Poisson cohort's size must not show in the release: the total noise is the same and the
+    decoded sum's lattice (1/γ) too, whatever n is; only each member's share μ/n changes."""
+    config = SecureSumConfig(client_noise_multiplier=0.5, client_clip=1.0, population=1000)
+    small, large = config.skellam(DIM, 3), config.skellam(DIM, 40)
+    assert small.gamma == large.gamma == config.skellam(DIM, 1000).gamma
+    assert small.mu == large.mu and small.l2_sensitivity == large.l2_sensitivity
+    assert small.realized_mu(3) == pytest.approx(large.realized_mu(40))
+    assert small.mu / small.planned > large.mu / large.planned
