@@ -5,7 +5,8 @@ One line per release, in canonical JSON (sorted keys, no spaces, ASCII)::
     {"client":7,"delta":1e-05,"format_version":1,"mechanism":{"name":"poisson_subsampled_gaussian",
      "noise_multiplier":1.1,"sample_rate":0.01,"steps":50},"prev":"9f2c...","round":3,"seq":12}
 
-* ``format_version`` is the layout of the line, :data:`LEDGER_FORMAT_VERSION` (1).
+* ``format_version`` is the layout of the line: :data:`LEDGER_FORMAT_VERSION` (1) for a
+  record line, :data:`SEGMENT_FORMAT_VERSION` (2) for a segment line (below).
   It is bumped by any change to the line layout (a field added, removed, renamed or
   given another meaning, a change to canonicalisation or chaining) and never by a
   change to a mechanism: a mechanism's name, fields and meaning never change once
@@ -15,7 +16,7 @@ One line per release, in canonical JSON (sorted keys, no spaces, ASCII)::
   one, or not an integer) is refused, never guessed at: upgrade fedsim to read it.
   The field is part of the canonical line, so the hash chain and the signature
   cover it like every other field.
-* ``seq`` numbers the records 1, 2, 3, ...: record n is line n.
+* ``seq`` numbers the lines 1, 2, 3, ... (records and segment lines alike): line n has seq n.
 * ``prev`` is the SHA-256 (hex) of the previous record's line, :data:`GENESIS` for
   record 1: editing, deleting or moving a record breaks the chain at that record.
 * After every :meth:`Ledger.append` (one round: the server's checkpoint) the lines are
@@ -23,6 +24,30 @@ One line per release, in canonical JSON (sorted keys, no spaces, ASCII)::
   signed with Ed25519 and the signature replaces ``ledger.sig`` atomically; the public
   key is ``ledger.pub`` (PEM) beside it. The key is generated per run and kept in
   memory only, so nobody can re-sign an edited ledger with it after the run.
+
+Segments (a resumed run). The key lives in memory only, so a run that continues a ledger
+after a crash or an interruption (``fedsim run --resume``) signs with a fresh key: it opens
+a new *segment* with one **segment line** (:meth:`Ledger.resume`), then appends its records
+as usual. The segment line is chained like any line and commits to the previous segment's
+signed head::
+
+    {"format_version":2,"kind":"segment","prev":"<hash of line n-1>","previous":{"fingerprint":"<fp>",
+     "head":"<hash>","key":"<hex>","records":41,"signature":"<hex>"},"segment":2,"seq":n}
+
+``previous`` is the previous segment's last signed head (``records``, ``head``), its
+signature and the key that made it (raw Ed25519, hex; ``fingerprint`` is its SHA-256),
+copied from ``ledger.sig`` and ``ledger.pub`` when the segment began; ``ledger.pub`` and
+``ledger.sig`` then hold the new segment's key and head. So segment k's key is in segment
+line k+1 (the last segment's in ``ledger.pub``), each segment is checked against its own
+pinned fingerprint, and one file holds the whole chain. Records a segment wrote after its
+last signature (a crash between the fsync of a round and its signature) lie between
+``previous.records`` and the segment line: still chained, covered by the later segments'
+signatures. Versions: the segment line is a new layout, so it has its own
+``format_version``, 2 (:data:`SEGMENT_FORMAT_VERSION`); a version names one layout, so a
+line with ``kind`` must be version 2 and a record line version 1. Record lines keep
+version 1, whose layout they still have: a ledger of a run never resumed is byte for
+byte what it was, and older readers refuse a resumed ledger at its segment line (an
+unknown version) instead of composing it wrong.
 
 A signature only proves *someone holding the key* signed: whoever rewrites the ledger
 can also replace ``ledger.pub`` with a key of their own. So :func:`audit_ledger` takes
@@ -62,12 +87,19 @@ __all__ = [
     "LedgerError",
     "LedgerProblem",
     "LedgerRecord",
+    "SEGMENT_FORMAT_VERSION",
+    "SegmentAudit",
+    "SegmentEntry",
+    "SegmentStart",
+    "SignedHead",
     "audit_ledger",
     "canonical_json",
+    "fsync_directory",
     "key_fingerprint",
     "load_public_key",
     "normalize_fingerprint",
     "public_key_path",
+    "write_atomically",
     "read_entries",
     "read_ledger",
     "signature_path",
@@ -81,13 +113,20 @@ PathLike = Union[str, "os.PathLike[str]"]
 GENESIS = "0" * 64
 #: The layout of the lines :class:`Ledger` writes (``format_version`` of every line).
 LEDGER_FORMAT_VERSION = 1
-#: The line layouts this reader understands. A line without ``format_version``
+#: The layout of a segment line (the first line of a resumed run's segment); the only
+#: version a line with ``kind`` may have.
+SEGMENT_FORMAT_VERSION = 2
+#: The record-line layouts this reader understands. A line without ``format_version``
 #: (written before versions existed) is read as version 1.
 LEDGER_FORMAT_VERSIONS = (1,)
 SIGNATURE_FORMAT = "fedsim-ledger-signature/1"
 _SIGNED_PREFIX = b"fedsim-ledger-head/1\n"
 _RECORD_FIELDS = ("round", "client", "mechanism", "delta")
 _CHAIN_FIELDS = ("seq", "prev")
+_SEGMENT_KIND = "segment"
+_SEGMENT_FIELDS = ("kind", "segment", "previous")
+_HEAD_FIELDS = ("fingerprint", "head", "key", "records", "signature")
+_HEX128 = re.compile(r"[0-9a-f]{128}")
 _VERSION_FIELD = "format_version"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -111,8 +150,8 @@ def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
-def _line_text(record: "LedgerRecord", seq: int, prev: str, format_version: Optional[int]) -> str:
-    """The canonical line of ``record`` as record ``seq`` chained to ``prev`` (no newline).
+def _line_text(record: "Union[LedgerRecord, SegmentStart]", seq: int, prev: str, format_version: Optional[int]) -> str:
+    """The canonical line of ``record`` (or a segment line) as line ``seq`` chained to ``prev`` (no newline).
 
     ``format_version`` None is the layout of the lines written before versions existed
     (no ``format_version`` field); the reader uses it to check such lines are canonical.
@@ -226,6 +265,91 @@ class LedgerEntry:
     record: LedgerRecord
 
 
+@dataclass(frozen=True)
+class SignedHead:
+    """A segment's signed head as the next segment line copies it: ``records`` lines up to
+    hash ``head``, signed with the raw Ed25519 ``key`` (hex; ``fingerprint`` its SHA-256)."""
+
+    records: int
+    head: str
+    fingerprint: str
+    key: str
+    signature: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"fingerprint": self.fingerprint, "head": self.head, "key": self.key,
+                "records": self.records, "signature": self.signature}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "SignedHead":
+        """Strict inverse of :meth:`to_dict` (shapes only: :meth:`problem` checks the signature)."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"previous must be a JSON object, got {type(data).__name__}")
+        missing = [f for f in _HEAD_FIELDS if f not in data]
+        unknown = sorted(set(data) - set(_HEAD_FIELDS))
+        if missing or unknown:
+            raise ValueError(f"previous: missing field(s) {missing}, unknown field(s) {unknown}")
+        records = data["records"]
+        if isinstance(records, bool) or not isinstance(records, int) or records < 1:
+            raise ValueError(f"previous.records must be an integer >= 1, got {records!r}")
+        for name in ("fingerprint", "head", "key"):
+            if not isinstance(data[name], str) or not _HEX64.fullmatch(data[name]):
+                raise ValueError(f"previous.{name} must be 64 lowercase hex digits, got {data[name]!r}")
+        if not isinstance(data["signature"], str) or not _HEX128.fullmatch(data["signature"]):
+            raise ValueError(f"previous.signature must be 128 lowercase hex digits, got {data['signature']!r}")
+        return cls(records, data["head"], data["fingerprint"], data["key"], data["signature"])
+
+    def public_key(self) -> Ed25519PublicKey:
+        return Ed25519PublicKey.from_public_bytes(bytes.fromhex(self.key))
+
+    def problem(self) -> Optional[str]:
+        """What is wrong with the head on its own (fingerprint vs key, signature), or None."""
+        actual = key_fingerprint(self.public_key())
+        if actual != self.fingerprint:
+            return f"previous.fingerprint {self.fingerprint} is not the SHA-256 of previous.key ({actual})"
+        try:
+            self.public_key().verify(bytes.fromhex(self.signature), _signed_message(self.records, self.head))
+        except InvalidSignature:
+            return (f"the previous segment's signature over its head (record {self.records}, hash "
+                    f"{self.head[:16]}...) does not verify with its key {self.fingerprint}")
+        return None
+
+
+@dataclass(frozen=True)
+class SegmentStart:
+    """The segment line: segment ``segment`` (2, 3, ...) begins; ``previous`` is the one before's signed head."""
+
+    segment: int
+    previous: SignedHead
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": _SEGMENT_KIND, "segment": self.segment, "previous": self.previous.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "SegmentStart":
+        missing = [f for f in _SEGMENT_FIELDS if f not in data]
+        unknown = sorted(set(data) - set(_SEGMENT_FIELDS))
+        if missing or unknown:
+            raise ValueError(f"segment line: missing field(s) {missing}, unknown field(s) {unknown}")
+        if data["kind"] != _SEGMENT_KIND:
+            raise ValueError(f"kind must be {_SEGMENT_KIND!r}, got {data['kind']!r}")
+        segment = data["segment"]
+        if isinstance(segment, bool) or not isinstance(segment, int) or segment < 2:
+            raise ValueError(f"segment must be an integer >= 2, got {segment!r}")
+        return cls(segment, SignedHead.from_dict(data["previous"]))
+
+
+@dataclass(frozen=True)
+class SegmentEntry:
+    """A segment line as it sits in the file."""
+
+    seq: int
+    prev: str
+    hash: str
+    line: int
+    start: SegmentStart
+
+
 # ------------------------------------------------------------------------------ keys
 
 
@@ -279,18 +403,18 @@ def _signed_message(records: int, head: str) -> bytes:
     return _SIGNED_PREFIX + canonical_json({"head": head, "records": records}).encode("ascii")
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write beside ``path``, fsync, rename over it, fsync the directory."""
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write beside ``path``, fsync, rename over it, fsync the directory: a crash leaves the old file or the new."""
     staging = path.with_name(path.name + ".tmp")
     with open(staging, "wb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(staging, path)
-    _fsync_directory(path.parent)
+    fsync_directory(path.parent)
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
     """Make directory entries durable (POSIX; best effort elsewhere)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -302,6 +426,25 @@ def _fsync_directory(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _signed_head(path: Path, hashes: Mapping[int, str]) -> SignedHead:
+    """The last segment's signed head (``ledger.sig`` checked with ``ledger.pub``), or LedgerError."""
+    try:
+        key = load_public_key(public_key_path(path).read_bytes())
+        document = _loads_strict(signature_path(path).read_text(encoding="ascii"))
+        records, head, signature = document["records"], document["head"], document["signature"]
+        key.verify(bytes.fromhex(signature), _signed_message(records, head))
+    except FileNotFoundError as exc:
+        raise LedgerError(path, 0, f"cannot be continued: {Path(exc.filename).name} is missing (no signed head)") from None
+    except InvalidSignature:
+        raise LedgerError(path, 0, f"cannot be continued: {signature_path(path).name} does not verify with {public_key_path(path).name}") from None
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise LedgerError(path, 0, f"cannot be continued: its signed head is unreadable ({exc})") from None
+    if hashes.get(records) != head:
+        raise LedgerError(path, 0, f"cannot be continued: the signed head (record {records}, hash {str(head)[:16]}...) is not a line of the file")
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return SignedHead(records, head, key_fingerprint(key), raw.hex(), signature)
 
 
 # ---------------------------------------------------------------------------- writer
@@ -338,8 +481,34 @@ class Ledger:
 
     @property
     def records(self) -> int:
-        """Number of records written so far (0 before the first append)."""
+        """Number of lines written so far (0 before the first append; segment lines count)."""
         return self._head[0] if self._head else 0
+
+    @classmethod
+    def resume(cls, path: PathLike, signing_key: Optional[Ed25519PrivateKey] = None) -> "Ledger":
+        """Continue the ledger at ``path`` in a new segment, signed by a fresh key.
+
+        Checks the file (:func:`read_entries`) and its signed head (``ledger.sig`` must
+        verify with ``ledger.pub`` and name a line of the file), then appends the segment
+        line committing to that head and its key, fsyncs it, publishes the new key and
+        signs the new head. Raises :class:`LedgerError` naming what stops the ledger from
+        being continued (a damaged line, no or a bad signature).
+        """
+        path = Path(path)
+        ledger = cls(path, signing_key)
+        entries = read_entries(path)  # raises on any damage, a torn last line included
+        links = sorted([*entries, *read_segments(path)], key=lambda e: e.seq)
+        if not links:
+            raise LedgerError(path, 0, "is empty: there is no segment to continue (start a fresh ledger)")
+        previous = _signed_head(path, {link.seq: link.hash for link in links})
+        segment = 2 + sum(1 for link in links if isinstance(link, SegmentEntry))
+        ledger._head = (links[-1].seq, links[-1].hash)
+        ledger._write_lines([_line_text(SegmentStart(segment, previous), links[-1].seq + 1, links[-1].hash, SEGMENT_FORMAT_VERSION)])
+        pem = ledger.public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        write_atomically(public_key_path(path), pem)
+        ledger.sign()
+        logger.info("ledger %s continues in segment %d, key %s (previous %s)", path, segment, ledger.fingerprint, previous.fingerprint)
+        return ledger
 
     def append(self, records: Sequence[LedgerRecord]) -> None:
         """Append ``records`` (one round's worth), fsync, then sign the new head.
@@ -360,18 +529,21 @@ class Ledger:
         lines = []
         for record in records:
             seq += 1
-            line = _line_text(record, seq, prev, LEDGER_FORMAT_VERSION)
-            prev = _sha256(line)
-            lines.append(line + "\n")
+            lines.append(_line_text(record, seq, prev, LEDGER_FORMAT_VERSION))
+            prev = _sha256(lines[-1])
+        self._write_lines(lines, created)
+        self.sign()
+        logger.debug("appended %d ledger record(s) to %s; head %d %s", len(records), self._path, seq, prev)
+
+    def _write_lines(self, lines: Sequence[str], created: bool = False) -> None:
+        """Append canonical lines chained from the head in one write, fsync, advance the head."""
         with open(self._path, "ab") as handle:
-            handle.write("".join(lines).encode("ascii"))
+            handle.write("".join(line + "\n" for line in lines).encode("ascii"))
             handle.flush()
             os.fsync(handle.fileno())
         if created:
-            _fsync_directory(self._path.parent)
-        self._head = (seq, prev)
-        self.sign()
-        logger.debug("appended %d ledger record(s) to %s; head %d %s", len(records), self._path, seq, prev)
+            fsync_directory(self._path.parent)
+        self._head = (self._head[0] + len(lines), _sha256(lines[-1]))
 
     def sign(self) -> None:
         """Sign the current head and replace the signature file (each append does; call at run end too)."""
@@ -386,7 +558,7 @@ class Ledger:
             "records": records,
             "signature": signature.hex(),
         }
-        _write_atomically(signature_path(self._path), (canonical_json(document) + "\n").encode("ascii"))
+        write_atomically(signature_path(self._path), (canonical_json(document) + "\n").encode("ascii"))
 
     def _open(self) -> bool:
         """Learn the head (continuing an existing ledger) or publish the key; True if the file is new."""
@@ -406,7 +578,7 @@ class Ledger:
             entries = read_entries(self._path)
             self._head = (entries[-1].seq, entries[-1].hash)
             return False
-        _write_atomically(key_file, pem)
+        write_atomically(key_file, pem)
         self._head = (0, GENESIS)
         return not self._path.exists()
 
@@ -454,6 +626,14 @@ def _check_format_version(data: dict[str, Any]) -> Optional[int]:
     Raises _LineError for a version this reader does not know, naming the value found
     and the versions known (and the record number the line claims, if readable).
     """
+    if "kind" in data:  # a segment line: one layout, one version
+        version = data.pop(_VERSION_FIELD, None)
+        if isinstance(version, bool) or version != SEGMENT_FORMAT_VERSION:
+            raise _LineError(
+                f"a segment line (kind) must have format_version {SEGMENT_FORMAT_VERSION}, got {version!r}: "
+                "written by a newer fedsim? upgrade fedsim to read it"
+            )
+        return version
     if _VERSION_FIELD not in data:
         return None
     version = data.pop(_VERSION_FIELD)
@@ -473,11 +653,12 @@ def _check_format_version(data: dict[str, Any]) -> Optional[int]:
     )
 
 
-def _parse_line(raw: bytes) -> tuple[int, str, LedgerRecord]:
-    """(seq, prev, record) of one line, or ValueError with what is wrong.
+def _parse_line(raw: bytes) -> tuple[int, str, Union[LedgerRecord, SegmentStart]]:
+    """(seq, prev, record or segment start) of one line, or ValueError with what is wrong.
 
     A line without ``format_version`` is read as version 1 (and must be canonical
-    without the field); any version outside :data:`LEDGER_FORMAT_VERSIONS` is refused.
+    without the field); any version outside :data:`LEDGER_FORMAT_VERSIONS` is refused;
+    a segment line (``kind``) must be version 2.
     """
     try:
         text = raw.decode("ascii")
@@ -498,18 +679,22 @@ def _parse_line(raw: bytes) -> tuple[int, str, LedgerRecord]:
         raise ValueError(f"seq must be an integer >= 1, got {seq!r}")
     if not isinstance(prev, str) or not _HEX64.fullmatch(prev):
         raise ValueError(f"prev must be 64 lowercase hex digits, got {prev!r}")
-    record = LedgerRecord.from_dict(data)
+    if "kind" in data:
+        record: Union[LedgerRecord, SegmentStart] = SegmentStart.from_dict(data)
+    else:
+        record = LedgerRecord.from_dict(data)
     if _line_text(record, seq, prev, version) != text:
         raise ValueError("not in canonical form (sorted keys, no spaces, shortest numbers): edited by hand?")
     return seq, prev, record
 
 
-def _scan(data: bytes) -> tuple[list[LedgerEntry], list[LedgerProblem]]:
-    """Every readable entry and every problem of a ledger's bytes (nothing raised)."""
+def _scan(data: bytes) -> tuple[list[LedgerEntry], list[SegmentEntry], list[LedgerProblem]]:
+    """Every readable record, every segment line and every problem of a ledger's bytes (nothing raised)."""
     entries: list[LedgerEntry] = []
+    segments: list[SegmentEntry] = []
     problems: list[LedgerProblem] = []
     if not data:
-        return entries, problems
+        return entries, segments, problems
     lines = data.split(b"\n")
     terminated = lines[-1] == b""
     if terminated:
@@ -523,15 +708,21 @@ def _scan(data: bytes) -> tuple[list[LedgerEntry], list[LedgerProblem]]:
         except ValueError as exc:
             problems.append(LedgerProblem(str(exc), line=number, record=getattr(exc, "record", None)))
             continue
-        entries.append(LedgerEntry(seq, prev, _sha256(raw.decode("ascii")), number, record))
-    problems.extend(_sequence_problems(entries))
-    problems.extend(_chain_problems(entries))
+        digest = _sha256(raw.decode("ascii"))
+        if isinstance(record, SegmentStart):
+            segments.append(SegmentEntry(seq, prev, digest, number, record))
+        else:
+            entries.append(LedgerEntry(seq, prev, digest, number, record))
+    links = sorted([*entries, *segments], key=lambda e: e.line)
+    problems.extend(_sequence_problems(links))
+    problems.extend(_chain_problems(links))
     problems.extend(_round_problems(entries))
+    problems.extend(_segment_problems(links, segments))
     # By line; problems with no line of their own (a deleted record) after those with one.
-    return entries, sorted(problems, key=lambda p: (p.line is None, p.line or 0, p.record or 0))
+    return entries, segments, sorted(problems, key=lambda p: (p.line is None, p.line or 0, p.record or 0))
 
 
-def _sequence_problems(entries: Sequence[LedgerEntry]) -> list[LedgerProblem]:
+def _sequence_problems(entries: Sequence[Union[LedgerEntry, SegmentEntry]]) -> list[LedgerProblem]:
     """Deleted, duplicated, swapped or moved records, from the ``seq`` numbers."""
     problems = []
     seen: dict[int, int] = {}
@@ -563,7 +754,7 @@ def _span(first: int, last: int) -> str:
     return f"record {first}" if first == last else f"records {first}..{last}"
 
 
-def _chain_problems(entries: Sequence[LedgerEntry]) -> list[LedgerProblem]:
+def _chain_problems(entries: Sequence[Union[LedgerEntry, SegmentEntry]]) -> list[LedgerProblem]:
     """Records whose content changed after the next record was chained to them."""
     problems = []
     by_seq = {entry.seq: entry for entry in entries}
@@ -593,6 +784,51 @@ def _round_problems(entries: Sequence[LedgerEntry]) -> list[LedgerProblem]:
     return problems
 
 
+def _segment_problems(links: Sequence[Union[LedgerEntry, SegmentEntry]], segments: Sequence[SegmentEntry]) -> list[LedgerProblem]:
+    """Segment lines out of turn, or whose copy of the previous segment's signed head does not hold."""
+    problems = []
+    by_seq = {link.seq: link for link in links}
+    starts = [1, *(segment.seq for segment in segments)]
+    for index, segment in enumerate(segments, start=2):
+        where = {"line": segment.line, "record": segment.seq}
+        if segment.start.segment != index:
+            problems.append(LedgerProblem(
+                f"the segment line says segment {segment.start.segment}, but it begins segment {index} of the file: "
+                "a segment was removed, added or moved", **where,
+            ))
+        previous = segment.start.previous
+        wrong = previous.problem()
+        if wrong is not None:
+            problems.append(LedgerProblem(wrong, **where))
+        signed = by_seq.get(previous.records)
+        if not starts[index - 2] <= previous.records < segment.seq:
+            problems.append(LedgerProblem(
+                f"commits to the signed head at record {previous.records}, which is not a line of segment {index - 1} "
+                f"(records {starts[index - 2]}..{segment.seq - 1})", **where,
+            ))
+        elif signed is not None and signed.hash != previous.head:
+            problems.append(LedgerProblem(
+                f"commits to segment {index - 1}'s signed head {previous.head[:16]}... at record {previous.records}, "
+                f"but that record hashes to {signed.hash[:16]}...: changed after segment {index - 1} signed it", **where,
+            ))
+    return problems
+
+
+def read_segments(path: PathLike) -> list[SegmentEntry]:
+    """The segment lines of the ledger at ``path`` (none for a ledger never resumed); see :func:`read_entries`."""
+    with open(path, "rb") as handle:
+        _, segments, problems = _scan(handle.read())
+    if problems:
+        _raise_first(path, problems)
+    return segments
+
+
+def _raise_first(path: PathLike, problems: Sequence[LedgerProblem]) -> None:
+    first = problems[0]
+    message = first.message if first.record is None else f"record {first.record}: {first.message}"
+    raise LedgerError(path, first.line or 0, message)
+
+
 def read_entries(path: PathLike) -> list[LedgerEntry]:
     """Every entry of the ledger at ``path`` after checking lines, numbering and chain.
 
@@ -610,11 +846,9 @@ def read_entries(path: PathLike) -> list[LedgerEntry]:
             a round lower than the line before.
     """
     with open(path, "rb") as handle:
-        entries, problems = _scan(handle.read())
+        entries, _, problems = _scan(handle.read())
     if problems:
-        first = problems[0]
-        message = first.message if first.record is None else f"record {first.record}: {first.message}"
-        raise LedgerError(path, first.line or 0, message)
+        _raise_first(path, problems)
     return entries
 
 
@@ -631,14 +865,29 @@ def read_ledger(path: PathLike) -> list[LedgerRecord]:
 
 
 @dataclass(frozen=True)
+class SegmentAudit:
+    """One segment as :func:`audit_ledger` checked it: its lines, its key and the pin."""
+
+    segment: int  # 1, 2, ...
+    first: int  # seq of its first line (its segment line from segment 2 on)
+    last: int  # seq of its last line
+    fingerprint: Optional[str]  # of the key its signed head was checked against (None: unknown)
+    pinned: Optional[str]  # the fingerprint the auditor pinned for it (None: not pinned)
+
+    def describe(self) -> str:
+        return f"segment {self.segment} ({_span(self.first, self.last)})"
+
+
+@dataclass(frozen=True)
 class LedgerAudit:
-    """What :func:`audit_ledger` found: the readable records and every problem."""
+    """What :func:`audit_ledger` found: the readable records, the segments and every problem."""
 
     path: Path
     entries: tuple[LedgerEntry, ...]
     problems: tuple[LedgerProblem, ...]
-    fingerprint: Optional[str]  # of the key the signature was checked against
-    signed_records: Optional[int]  # records covered by a valid signature
+    fingerprint: Optional[str]  # of the key the last segment's signature was checked against
+    signed_records: Optional[int]  # lines covered by the last segment's valid signature
+    segments: tuple[SegmentAudit, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -654,46 +903,99 @@ def audit_ledger(
     *,
     public_key: Optional[Union[Ed25519PublicKey, bytes, str]] = None,
     fingerprint: Optional[str] = None,
+    fingerprints: Optional[Sequence[str]] = None,
 ) -> LedgerAudit:
-    """Check a ledger's lines, numbering, chain and signed head; never raises on tampering.
+    """Check a ledger's lines, numbering, chain, segments and signed heads; never raises on tampering.
 
     Lines are read as :func:`read_entries` reads them (no ``format_version``: version
     1); a line of an unknown ``format_version`` is a problem naming its line, record,
-    the value found and the versions known.
+    the value found and the versions known. Each segment is checked against its own key:
+    segment k's is in segment line k+1 (which also carries its signed head), the last
+    segment's is ``ledger.pub`` (its head in ``ledger.sig``).
 
     Args:
         path: the ledger file (``ledger.pub`` and ``ledger.sig`` beside it).
-        public_key: pin the run's key (PEM, raw, hex or key object): the signature
-            must verify with it, and ``ledger.pub`` must be it.
-        fingerprint: pin the key's SHA-256 fingerprint instead (as printed at run start).
+        public_key: pin the last segment's key (PEM, raw, hex or key object): the
+            signature must verify with it, and ``ledger.pub`` must be it.
+        fingerprint: pin the key's SHA-256 fingerprint instead (as printed at run start);
+            the same as ``fingerprints=[fingerprint]``.
+        fingerprints: one fingerprint per segment, in order (one per run that wrote it):
+            a segment signed by another key, a pinned segment the file lacks, and a
+            segment nobody pinned are each a problem naming the segment.
 
     Raises:
         FileNotFoundError: no ledger at ``path``.
-        ValueError: ``public_key`` or ``fingerprint`` is malformed.
+        ValueError: ``public_key`` or a fingerprint is malformed, or the last pin is not ``public_key``.
     """
     path = Path(path)
     pinned_key = public_key if isinstance(public_key, Ed25519PublicKey) or public_key is None else load_public_key(public_key)
-    pinned = key_fingerprint(pinned_key) if pinned_key is not None else None
-    if fingerprint is not None:
-        wanted = normalize_fingerprint(fingerprint)
-        if pinned is not None and wanted != pinned:
-            raise ValueError(f"fingerprint {wanted} does not match the pinned public key ({pinned})")
-        pinned = wanted
-    entries, problems = _scan(path.read_bytes())
+    if fingerprint is not None and fingerprints is not None:
+        raise ValueError("give fingerprint or fingerprints, not both")
+    pins = [normalize_fingerprint(f) for f in ([fingerprint] if fingerprint is not None else fingerprints or [])]
+    if pinned_key is not None and pins and pins[-1] != key_fingerprint(pinned_key):
+        raise ValueError(f"fingerprint {pins[-1]} does not match the pinned public key ({key_fingerprint(pinned_key)})")
+    entries, segment_lines, problems = _scan(path.read_bytes())
+    links = sorted([*entries, *segment_lines], key=lambda e: e.seq)
+    last_seq = max((link.seq for link in links), default=0)
+    starts = [1, *(s.seq for s in segment_lines)]
+    keys = [s.start.previous.fingerprint for s in segment_lines]  # segments 1..n-1
+    count = len(starts)
+    last_pin = pins[count - 1] if len(pins) >= count else (key_fingerprint(pinned_key) if pinned_key is not None else None)
 
-    key, key_problems = _verification_key(path, pinned_key, pinned)
+    key, key_problems = _verification_key(path, pinned_key, last_pin)
     problems.extend(key_problems)
     signed = None
     if key is not None:
-        signed, signature_problems = _check_signature(path, key, entries)
+        signed, signature_problems = _check_signature(path, key, links)
         problems.extend(signature_problems)
+        if signed is not None and count > 1 and signed < starts[-1]:
+            problems.append(LedgerProblem(
+                f"{signature_path(path).name} signs record {signed}, before segment {count} began (record {starts[-1]}): "
+                f"segment {count} was never signed", record=starts[-1],
+            ))
+    fingerprints_found = [*keys, key_fingerprint(key) if key is not None else None]
+    segments = tuple(
+        SegmentAudit(index + 1, first, (starts[index + 1] - 1) if index + 1 < count else last_seq, fingerprints_found[index],
+                     pins[index] if index < len(pins) else (last_pin if index == count - 1 else None))
+        for index, first in enumerate(starts)
+    )
+    problems.extend(_pin_problems(segments, pins, path))
     return LedgerAudit(
         path=path,
         entries=tuple(entries),
         problems=tuple(problems),
-        fingerprint=key_fingerprint(key) if key is not None else pinned,
+        fingerprint=key_fingerprint(key) if key is not None else last_pin,
         signed_records=signed,
+        segments=segments,
     )
+
+
+def _pin_problems(segments: Sequence[SegmentAudit], pins: Sequence[str], path: Path) -> list[LedgerProblem]:
+    """Each segment against its pin: foreign keys, pinned segments the file lacks, unpinned segments."""
+    if not pins:
+        return []
+    problems = []
+    for segment in segments[: len(pins)]:
+        found = segment.fingerprint
+        if segment.segment < len(segments) and found != segment.pinned:  # the last one: _verification_key
+            problems.append(LedgerProblem(
+                f"{segment.describe()} is signed with key {found}, not the pinned key {segment.pinned}: "
+                "a foreign segment, or the fingerprints are not in the order the runs wrote them",
+                record=segment.first,
+            ))
+    if len(pins) > len(segments):
+        missing = ", ".join(f"segment {i + 1} (pinned {pin})" for i, pin in enumerate(pins) if i >= len(segments))
+        problems.append(LedgerProblem(
+            f"{len(pins)} fingerprints are pinned, but {path.name} holds {len(segments)} segment(s): {missing} missing "
+            "(removed, or never written)",
+        ))
+    elif len(pins) < len(segments):
+        unpinned = ", ".join(f"{s.describe()}, key {s.fingerprint}" for s in segments[len(pins):])
+        problems.append(LedgerProblem(
+            f"{len(pins)} fingerprint(s) pinned, but {path.name} holds {len(segments)} segments: not pinned: {unpinned}; "
+            "pin every segment's fingerprint, in order", record=segments[len(pins)].first,
+        ))
+    return problems
 
 
 def _verification_key(

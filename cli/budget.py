@@ -222,8 +222,11 @@ def verify_command(
     public_key: Optional[Path] = typer.Option(
         None, "--public-key", help="The run's public key (PEM), obtained apart from the run directory: pins it."
     ),
-    fingerprint: Optional[str] = typer.Option(
-        None, "--fingerprint", help="SHA-256 fingerprint of the run's key (64 hex digits, printed when the run started): pins it."
+    fingerprint: Optional[list[str]] = typer.Option(
+        None, "--fingerprint",
+        help="SHA-256 fingerprint of the run's key (64 hex digits, printed when the run started): pins it. "
+        "Repeatable: a resumed run's ledger has one segment per run that wrote it, each with its own key; "
+        "give every segment's fingerprint, in order (a run of several methods: each method's in turn).",
     ),
 ) -> None:
     """Check the ledger's chain and signature, and every ε the run reported.
@@ -238,7 +241,11 @@ def verify_command(
          reordering, truncation);
 
       2. the Ed25519 signature over the head (the last record's hash)
-         verifies, and covers every record;
+         verifies, and covers every record; a resumed run's ledger has one
+         segment per run (each signed by its own key, each chained to the
+         signed head of the one before): every segment is checked against
+         its pinned fingerprint, and a missing, foreign or unpinned segment
+         is named;
 
       3. every ε in metrics.jsonl and summary.json equals the ε recomputed
          here from the ledger alone.
@@ -255,6 +262,8 @@ def verify_command(
 
       fedsim budget verify runs/demo --fingerprint 3f2a...e1 (all 64 digits)
 
+      fedsim budget verify runs/resumed --fingerprint 3f2a...e1 --fingerprint 9b0c...47
+
       fedsim budget verify runs/demo --public-key trusted/ledger.pub
     """
     from accounting import audit_ledger
@@ -268,26 +277,28 @@ def verify_command(
             invalid("--public-key", str(public_key), f"a readable file ({exc.strerror})")
         except ValueError as exc:
             invalid("--public-key", str(public_key), f"an Ed25519 public key in PEM ({exc})")
-    if fingerprint is not None:
+    pins = []
+    for given in fingerprint or []:
         try:
-            fingerprint = normalize_fingerprint(fingerprint)
+            pins.append(normalize_fingerprint(given))
         except ValueError:
-            invalid("--fingerprint", fingerprint, "64 hex digits: the SHA-256 of the run's public key")
+            invalid("--fingerprint", given, "64 hex digits: the SHA-256 of the run's public key")
     ledgers = run_ledgers(run_dir)
     out = Console(soft_wrap=True)
     failed = False
     for method, path in ledgers.items():
         try:
-            audit = audit_ledger(path, public_key=pinned_key, fingerprint=fingerprint)
+            audit = audit_ledger(path, public_key=pinned_key, fingerprints=ledger_pins(path, pins, len(ledgers)) if pins else None)
         except ValueError as exc:
             fail(str(exc))
         problems = [str(p) for p in audit.problems]
         out.print(f"[bold]{escape(method)}[/]: {escape(str(path))} ({len(audit.entries)} records)")
-        if audit.fingerprint is not None:
-            pin = "pinned" if (pinned_key is not None or fingerprint is not None) else (
-                "NOT pinned: compare it with the fingerprint printed when the run started"
-            )
-            out.print(f"  key fingerprint {audit.fingerprint} ({pin})")
+        for segment in audit.segments:
+            if segment.fingerprint is None:
+                continue
+            pin = "pinned" if segment.pinned is not None else "NOT pinned: compare it with the fingerprint printed when the run started"
+            where = f"segment {segment.segment} key" if len(audit.segments) > 1 else "key"
+            out.print(f"  {where} fingerprint {segment.fingerprint} ({pin})")
         if audit.records:
             problems += compare_reported(path.parent, audit.records)
         if problems:
@@ -303,6 +314,21 @@ def verify_command(
         out.print("[bold red]verification failed[/]")
         raise typer.Exit(1)
     out.print("[bold green]verified[/]")
+
+
+def ledger_pins(path: Path, pins: list[str], ledgers: int) -> list[str]:
+    """The pins for one ledger: all of them for a run of one method; for several, the next ones in
+    turn, as many as this ledger has segments (taken from ``pins``, so the next ledger gets the rest)."""
+    if ledgers == 1:
+        return pins
+    from accounting.ledger import LedgerError, read_segments
+
+    try:
+        count = 1 + len(read_segments(path))
+    except (LedgerError, OSError):
+        count = 1
+    taken, pins[:] = pins[:count], pins[count:]
+    return taken
 
 
 # ------------------------------------------------------------------------------- epsilon

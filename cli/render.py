@@ -9,15 +9,19 @@ traceback only under ``fedsim --debug``.
 from __future__ import annotations
 
 import math
+import textwrap
 import traceback
-from typing import Any, NoReturn, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, NoReturn, Optional, Sequence
 
 import typer
 from rich import box
-from rich.console import Console
+from rich.console import Console, ConsoleOptions, RenderResult
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from fedsim.errors import BAD_INPUT, RUN_FAILED, FedsimError
 
@@ -58,12 +62,12 @@ class ProgressObserver:
         self.progress = progress
         self.tasks: dict[str, int] = {}
 
-    def method_started(self, method: str, rounds: int, ledger_fingerprint: str) -> None:
+    def method_started(self, method: str, rounds: int, ledger_fingerprint: str, completed: int = 0) -> None:
         self.progress.console.print(
             f"{method}: ledger key fingerprint {ledger_fingerprint} "
             f"(pin it: fedsim budget verify RUN_DIR --fingerprint {ledger_fingerprint})"
         )
-        self.tasks[method] = self.progress.add_task(f"{method}", total=rounds, status="")
+        self.tasks[method] = self.progress.add_task(f"{method}", total=rounds, completed=completed, status="")
 
     def round_finished(self, metrics) -> None:
         status = f"ε={metrics.epsilon:.3f}"
@@ -89,25 +93,101 @@ def make_progress(enabled: bool) -> Progress:
     )
 
 
-def summary_table(summaries, delta: float) -> Table:
-    """The closing table: accuracy, loss, ε (upper, the guarantee) at δ, per method."""
-    table = Table(title=f"fedsim: accuracy and privacy (ε upper bound at δ={delta:g})")
-    for column in ("method", "rounds", "untrained acc", "final acc", "loss", "ε (upper)", "accountant", "ε RDP", "client-level ε server/observers", "time"):
-        table.add_column(column, justify="left" if column == "method" else "right")
-    for s in summaries:
-        table.add_row(
-            s.method,
-            str(s.rounds),
-            f"{s.initial_accuracy:.3f}",
-            f"{s.accuracy:.3f}",
-            f"{s.loss:.3f}",
-            f"{s.epsilon:.3f}",
-            s.epsilon_method,
-            f"{s.epsilon_rdp:.3f}",
-            client_level_cell(s),
-            f"{s.seconds:.0f}s",
-        )
-    return table
+@dataclass(frozen=True)
+class SummaryColumn:
+    """One column of the closing table: its short header, what the legend says it is, its
+    full name (the vertical layout's label), and the cell of one method's summary."""
+
+    header: str
+    legend: str
+    label: str
+    cell: Callable[[Any], str]
+
+
+SUMMARY_COLUMNS: tuple[SummaryColumn, ...] = (
+    SummaryColumn("method", "", "method", lambda s: s.method),
+    SummaryColumn("rounds", "", "rounds", lambda s: str(s.rounds)),
+    SummaryColumn("acc0", "acc0 untrained accuracy", "untrained accuracy", lambda s: f"{s.initial_accuracy:.3f}"),
+    SummaryColumn("acc", "acc final accuracy", "final accuracy", lambda s: f"{s.accuracy:.3f}"),
+    SummaryColumn("loss", "loss final test loss", "final loss", lambda s: f"{s.loss:.3f}"),
+    SummaryColumn("ε", "ε worst client's ε, upper bound (the guarantee)", "ε (upper bound)", lambda s: f"{s.epsilon:.3f}"),
+    SummaryColumn("acct", "acct its accountant (prv, pld or rdp)", "accountant", lambda s: s.epsilon_method),
+    SummaryColumn("ε RDP", "ε RDP the same from Rényi DP", "ε RDP", lambda s: f"{s.epsilon_rdp:.3f}"),
+    SummaryColumn(
+        "ε client",
+        "ε client client-level ε vs server/vs observers (– none)",
+        "client-level ε server/observers",
+        lambda s: client_level_cell(s),
+    ),
+    SummaryColumn("time", "time wall time", "time", lambda s: f"{s.seconds:.0f}s"),
+)
+
+
+def summary_title(delta: float) -> str:
+    return f"fedsim: accuracy and privacy (ε upper bound at δ={delta:g})"
+
+
+class SummaryTable:
+    """The closing table: accuracy, loss, ε (upper, the guarantee) at δ, per method.
+
+    Rendered to fit the console (a non-TTY log is 80 columns): short headers and a legend
+    when the table fits, else one block per method with the full names. No cell is ever
+    cut ("…"): the layout changes instead.
+    """
+
+    def __init__(self, summaries: Sequence[Any], delta: float) -> None:
+        self.summaries, self.delta = list(summaries), delta
+
+    def table(self) -> Table:
+        """The compact table (short headers, explained by the legend :func:`legend_lines` packs)."""
+        table = Table(title=summary_title(self.delta), box=box.SIMPLE_HEAD, show_edge=False, padding=0)
+        for column in SUMMARY_COLUMNS:
+            table.add_column(column.header, justify="left" if column.header == "method" else "right", no_wrap=True)
+        for s in self.summaries:
+            table.add_row(*(column.cell(s) for column in SUMMARY_COLUMNS))
+        return table
+
+    def vertical(self, width: int) -> list[str]:
+        """One block per method: full column names, one value a line (the value under its
+        name when the two do not fit in ``width``)."""
+        labels = [column.label for column in SUMMARY_COLUMNS[1:]]
+        pad = max(map(len, labels))
+        lines = []
+        for s in self.summaries:
+            lines.append(s.method)
+            for column in SUMMARY_COLUMNS[1:]:
+                line = f"  {column.label:<{pad}} {column.cell(s)}"
+                lines += [line] if len(line) <= width else [f"  {column.label}", f"    {column.cell(s)}"]
+        return lines
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        table = self.table()
+        natural = Measurement.get(console, options.update_width(10_000), table).maximum
+        if natural > options.max_width:
+            for line in textwrap.wrap(summary_title(self.delta), options.max_width):
+                yield Text(line, style="italic", no_wrap=True)
+            for line in self.vertical(options.max_width):
+                yield Text(line, style="bold" if not line.startswith(" ") else "", no_wrap=True)
+            return
+        yield table
+        for line in legend_lines([c.legend for c in SUMMARY_COLUMNS if c.legend], options.max_width):
+            yield Text(line, style="dim", no_wrap=True)
+
+
+def legend_lines(entries: Sequence[str], width: int) -> list[str]:
+    """The entries joined by " · " into lines of at most ``width`` characters (an entry is never split)."""
+    lines: list[str] = []
+    for entry in entries:
+        if lines and len(lines[-1]) + 3 + len(entry) <= width:
+            lines[-1] += " · " + entry
+        else:
+            lines.append(entry)
+    return lines
+
+
+def summary_table(summaries: Sequence[Any], delta: float) -> SummaryTable:
+    """The closing table (:class:`SummaryTable`), laid out for the console it is printed on."""
+    return SummaryTable(summaries, delta)
 
 
 def client_level_cell(summary) -> str:

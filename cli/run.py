@@ -3,7 +3,7 @@
 Every :class:`~fedsim.config.RunConfig` field with help in :data:`fedsim.options.FIELD_OPTIONS`
 becomes one option of ``fedsim run`` (its names, help, default from ``RunConfig`` and its
 allowed values), so a new field needs no edit here. The few options that are not fields
-(``--config``, ``--drop``, ``--dry-run``, ``--verbose``) are declared below. :func:`start_job`
+(``--config``, ``--drop``, ``--resume``, ``--dry-run``, ``--verbose``) are declared below. :func:`start_job`
 writes the config, launches the world and renders progress, for ``run`` and ``compare``
 alike; :func:`dry_run_report` is what ``--dry-run`` prints instead.
 """
@@ -48,6 +48,9 @@ Examples:
   fedsim run --secagg-graph sparse --population 1000 --cohort fixed --cohort-size 100 --dry-run
 
 Outputs go to --run-dir; `fedsim budget show RUN_DIR` re-derives every ε from its ledger.
+--resume RUN_DIR continues a run that crashed or was interrupted (Ctrl-C, SIGTERM) from its
+last completed round, with its own configuration; only --rounds (to extend it) and runtime
+settings (--threads-per-process, --timeout-s, --secagg-timeout-s) may change.
 --dry-run prints the resolved configuration (with the secure sum's threshold and neighbours
 for the planned cohort) as JSON and starts nothing.
 """
@@ -75,19 +78,27 @@ def _option(name: str, annotation: Any, *flags: str, help: str) -> inspect.Param
 
 def run_parameters() -> list[inspect.Parameter]:
     """The signature of ``fedsim run``: ``--config``, one option per table row with help, ``--drop``,
-    ``--dry-run``, ``--verbose``."""
+    ``--resume``, ``--dry-run``, ``--verbose``."""
     params = [_option("config_file", Optional[Path], "--config", "-c", help="TOML file whose top-level keys are run options (underscored names); options given here override it.")]
     for option in FIELD_OPTIONS:
         if option.help:
             params.append(_option(option.field, Optional[option.cli_type], *option.flags, help=option_help(option)))
         if option.field == "dropout_stages":
             params.append(_option("drop", Optional[list[str]], "--drop", help="Inject one dropout exactly: ROUND:STAGE:CLIENT[,CLIENT...], e.g. 2:MaskedInputCollection:3. Repeatable; adds to dropout_schedule of --config."))
+    params.append(_option(
+        "resume", Optional[Path], "--resume",
+        help="Continue the run in this directory from its last completed round (its config.json; the ledger goes on in a new segment with a new key). Only --rounds (to extend) and runtime settings may change.",
+    ))
     params.append(inspect.Parameter(
         "dry_run", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
         default=typer.Option(
             False, "--dry-run",
-            help="Validate and resolve the configuration, print it as one JSON object (with the secure sum's threshold and neighbours for the planned cohort) and exit; starts no process, loads no model or dataset.",
+            help="Validate and resolve the configuration, print it as one JSON object (with the secure sum's threshold and neighbours for the planned cohort, and with --client-sigma the Skellam code of every phase) and exit; starts no process (with --client-sigma it loads the dataset and builds each model to size the Skellam code).",
         ),
+    ))
+    params.append(inspect.Parameter(
+        "list_presets", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+        default=typer.Option(False, "--list-presets", help="List the presets (name, setup, source, what to provide offline) and exit."),
     ))
     params.append(inspect.Parameter(
         "verbose", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
@@ -169,8 +180,15 @@ def skellam_summary(params: Any) -> dict[str, Any]:
 
 
 def run_command(
-    *, config_file: Optional[Path], drop: Optional[list[str]], dry_run: bool, verbose: bool, **fields: Any
+    *, config_file: Optional[Path], drop: Optional[list[str]], resume: Optional[Path], dry_run: bool, list_presets: bool,
+    verbose: bool, **fields: Any,
 ) -> None:
+    if list_presets:
+        from fedsim.presets import list_presets as presets
+
+        for preset in presets():
+            typer.echo(f"{preset.name}: {preset.summary} [{preset.source}]" + "".join(f"\n  provide {x}" for x in preset.provide))
+        return
     from fedsim.config import ConfigError, build_config, load_config_file, parse_drops
     from fedsim.transport.world import torchrun_world_size, under_torchrun
 
@@ -191,27 +209,39 @@ def run_command(
     if fields["run_dir"] is not None:
         fields["run_dir"] = str(fields["run_dir"])
     try:
-        config = build_config(file_values, **fields)
+        if resume is not None:
+            from fedsim.resume import resumable_config
+
+            config = resumable_config(resume, {**file_values, **{k: v for k, v in fields.items() if v is not None}})
+        else:
+            config = build_config(file_values, **fields)
         if dry_run:
-            if config.run_dir is not None:
+            if config.run_dir is not None and resume is None:
                 check_run_dir(Path(config.run_dir))
             if rank in (None, 0):
                 typer.echo(json.dumps(dry_run_report(config)))
             return
-        from fedsim.preflight import preflight
+        if resume is None:  # a resumed config was checked (and σ calibrated) when the run started
+            from fedsim.preflight import preflight
 
-        config = preflight(config)
+            config = preflight(config)
     except TypeError as exc:  # a value of a type no rule expected
         fail(str(exc))
-    if config.target_epsilon is not None:
+    if resume is not None and config.target_epsilon is not None:
+        err.print(f"resuming: σ = {config.noise_multiplier:.4f} as calibrated when the run started (for ε ≤ {config.target_epsilon:g}); extended rounds spend more")
+    elif config.target_epsilon is not None:
         err.print(f"calibrated: σ = {config.noise_multiplier:.4f} gives ε ≤ {config.target_epsilon:g} at δ = {config.delta:g} (PRV upper bound)")
     is_server = rank in (None, 0)
     out = Path(config.run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{'+'.join(config.methods)}")
-    summaries = start_job(config, out, torchrun=torchrun, is_server=is_server)
+    summaries = start_job(config, out, torchrun=torchrun, is_server=is_server, resume=resume is not None)
     if is_server:
         warn_about_faults(summaries)
         err.print(summary_table(summaries, config.delta))
         err.print(f"curves: {plot_run(out, summaries)}   budget: fedsim budget show {out}")
+        for summary in summaries:
+            if len(summary.ledger_fingerprints) > 1:
+                pins = " ".join(f"--fingerprint {fp}" for fp in summary.ledger_fingerprints)
+                err.print(f"{summary.method}: ledger of {len(summary.ledger_fingerprints)} segments; verify: fedsim budget verify {summary.run_dir} {pins}")
         typer.echo(json.dumps({"run_dir": str(out), "results": [s.to_dict() for s in summaries]}))
 
 
@@ -225,15 +255,24 @@ def check_run_dir(out: Path) -> None:
         fail(f"run_dir={str(out)!r} is invalid: expected a new or empty directory")
 
 
-def start_job(config: RunConfig, out: Path, *, torchrun: bool = False, is_server: bool = True) -> list[MethodSummary]:
+def start_job(
+    config: RunConfig, out: Path, *, torchrun: bool = False, is_server: bool = True, resume: bool = False
+) -> list[MethodSummary]:
     """Write ``config.json`` to a new ``out`` (server only), run the job with progress, return the summaries.
+
+    ``resume``: ``out`` holds the run being continued; its ``config.json`` is replaced
+    (atomically) by ``config``, which differs at most in the fields a resume may change.
 
     A failure of the run exits 1 with its message (:class:`~fedsim.errors.FedsimError`s
     propagate to the CLI's error handler, which shows them the same way).
     """
     from fedsim.launch import launch_local, launch_torchrun
 
-    if is_server:
+    if is_server and resume:
+        from accounting.ledger import write_atomically
+
+        write_atomically(out / CONFIG_FILE, config.to_json().encode())
+    elif is_server:
         check_run_dir(out)
         out.mkdir(parents=True, exist_ok=True)
         (out / CONFIG_FILE).write_text(config.to_json())

@@ -10,14 +10,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import tomllib
+
 from fedsim.errors import BAD_INPUT, FedsimError
 from fedsim.methods.registry import DEFAULT_METHOD
-from fedsim.options import BUNDLED_TEXT_MODEL, FIELD_OPTIONS, IMAGE_DATASETS, TEXT_DATASETS, is_int
+from fedsim.options import (
+    BUNDLED_TEXT_MODEL,
+    FIELD_OPTIONS,
+    IMAGE_DATASETS,
+    TEXT_DATASETS,
+    is_int,
+)
+from fedsim.presets import PRESET_NAMES, preset_values
 from fedsim.rundir import CONFIG_FORMAT_VERSION, FORMAT_VERSION_FIELD, readable_format
 from fedsim.transport.vocabulary import DROPOUT_STAGES
 from secagg.stages import CONSISTENCY_CHECK
@@ -40,11 +48,15 @@ class ConfigError(FedsimError, ValueError):
 class RunConfig:
     """A federated DP-LoRA job. Defaults are the bundled default job (text, MiniLM)."""
 
+    # The preset the values started from (fedsim.presets; None: none), recorded for provenance.
+    preset: str | None = None
     # What to train.
     methods: tuple[str, ...] = (DEFAULT_METHOD,)
     dataset: str = "wordnet-supersenses"
     model: str = "all-MiniLM-L6-v2"
     pretrained: bool = True
+    # Local pretrained weights (timm .pth/.safetensors, or a transformers directory); None: the hub.
+    checkpoint: str | None = None
     img_size: int = 32
     model_kwargs: Mapping[str, Any] = field(default_factory=dict)
     max_length: int = 24
@@ -59,16 +71,23 @@ class RunConfig:
     cohort_size: int | None = None
     rounds: int = 8
     local_steps: int = 6
+    # When set, each client runs ceil(local_epochs · n_i / batch_size) steps per round instead.
+    local_epochs: float | None = None
     partition: str = "iid"
     dirichlet_alpha: float = 0.5
     # LoRA and optimisation.
     lora_rank: int = 8
     lora_alpha: float = 16.0
+    # Module-name suffixes that get LoRA (None: the model family's default).
+    lora_targets: tuple[str, ...] | None = None
     optimizer: str = "adamw"
     lr: float = 1e-2
+    lr_decay: float = 1.0  # round r trains at lr · lr_decay^(r−1)
+    momentum: float = 0.0  # SGD only
     head_lr: float = 2e-2
     b_lr_ratio: float = 2.0
     smoothing: float = 1.0
+    smoothing_mode: str = "replace"
     # Sample-level DP-SGD (Abadi et al. 2016) on every client.
     batch_size: int = 32
     noise_multiplier: float = 1.0
@@ -104,12 +123,17 @@ class RunConfig:
     seed: int = 0
     eval_every: int = 4
     threads_per_process: int = 1
+    device: str = "auto"  # "cpu", "cuda" or "auto" (cuda when available)
     timeout_s: float = 600.0
     run_dir: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.dropout_stages, (list, str)):
             object.__setattr__(self, "dropout_stages", parse_stages(self.dropout_stages))
+        if isinstance(self.lora_targets, (list, str)):
+            object.__setattr__(self, "lora_targets", parse_names("lora_targets", self.lora_targets))
+        if is_int(self.local_epochs):  # TOML and JSON may give 5 for 5.0
+            object.__setattr__(self, "local_epochs", float(self.local_epochs))
         for name in ("secagg_threshold", "secagg_collusion"):
             if isinstance(getattr(self, name), str):  # from the command line: "3" or "0.5"
                 object.__setattr__(self, name, parse_count_or_fraction(name, getattr(self, name)))
@@ -145,6 +169,7 @@ class RunConfig:
         data["methods"] = list(self.methods)
         data["model_kwargs"] = dict(self.model_kwargs)
         data["dropout_stages"] = list(self.dropout_stages)
+        data["lora_targets"] = None if self.lora_targets is None else list(self.lora_targets)
         data["dropout_schedule"] = {
             str(r): {stage: list(ids) for stage, ids in stages.items()} for r, stages in self.dropout_schedule.items()
         }
@@ -184,6 +209,8 @@ def validate(config: RunConfig) -> None:
         value = getattr(c, option.field)
         _check(option.rule.check(value), option.field, value, option.rule.allowed)
     _check(len(set(c.methods)) == len(c.methods), "methods", c.methods, "no repeated method")
+    _check(c.momentum == 0 or c.optimizer == "sgd", "momentum", c.momentum, f"0 unless optimizer = 'sgd' (optimizer={c.optimizer!r})")
+    _check(c.checkpoint is None or c.pretrained, "checkpoint", c.checkpoint, "unset when pretrained = false (a checkpoint is the pretrained weights)")
     modality = dataset_modality(c.dataset)
     _check(
         modality == "text" or c.model != BUNDLED_TEXT_MODEL,
@@ -202,18 +229,55 @@ def validate(config: RunConfig) -> None:
 FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(RunConfig))
 
 
+# Two ways to set a round's local work: the layer that sets either one decides.
+STEP_BUDGET_FIELDS = ("local_steps", "local_epochs")
+
+
+def _field_layer(source: Mapping[str, Any]) -> dict[str, Any]:
+    layer: dict[str, Any] = {}
+    for key, value in source.items():
+        name = key.replace("-", "_")
+        if name not in FIELD_NAMES:
+            raise ConfigError(key, value, f"a known field: {', '.join(sorted(FIELD_NAMES))}")
+        layer[name] = value
+    return layer
+
+
 def build_config(file_values: Mapping[str, Any] | None = None, **overrides: Any) -> RunConfig:
-    """Merge a config file's values with explicit overrides (None means "not given")."""
+    """Merge a preset, a config file's values and explicit overrides (None means "not given").
+
+    Layers, lowest first: the preset named by the overrides or else by the file
+    (:func:`fedsim.presets.preset_values`), the file, the overrides. A layer that sets
+    ``local_steps`` or ``local_epochs`` replaces the lower layers' choice of both (``-k 10``
+    beside a preset with local epochs means K = 10).
+    """
+    file_layer = _field_layer(file_values or {})
+    explicit = _field_layer({k: v for k, v in overrides.items() if v is not None})
+    name = explicit.get("preset", file_layer.get("preset"))
+    layers = [file_layer, explicit]
+    if name is not None:
+        try:
+            layers.insert(0, preset_values(name))
+        except ValueError:
+            raise ConfigError("preset", name, f"None or one of {PRESET_NAMES}") from None
     values: dict[str, Any] = {}
-    for source in (file_values or {}, {k: v for k, v in overrides.items() if v is not None}):
-        for key, value in source.items():
-            name = key.replace("-", "_")
-            if name not in FIELD_NAMES:
-                raise ConfigError(key, value, f"a known field: {', '.join(sorted(FIELD_NAMES))}")
-            values[name] = value
+    for layer in layers:
+        if any(k in layer for k in STEP_BUDGET_FIELDS):
+            for k in STEP_BUDGET_FIELDS:
+                values.pop(k, None)
+        values.update(layer)
     if "methods" in values:
         values["methods"] = parse_methods(values["methods"])
     return RunConfig(**values)
+
+
+def parse_names(field_name: str, value: Any) -> tuple[str, ...]:
+    """Accept "attn.qkv,attn.proj", ["attn.qkv", "attn.proj"] or a tuple, for ``field_name``."""
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    if isinstance(value, (list, tuple)):
+        return tuple(value)
+    raise ConfigError(field_name, value, "a comma-separated string or a list of names")
 
 
 def parse_methods(value: Any) -> tuple[str, ...]:
@@ -293,4 +357,4 @@ def config_from_json(text: str) -> RunConfig:
         raise ConfigError(FORMAT_VERSION_FIELD, data[FORMAT_VERSION_FIELD], f"{CONFIG_FORMAT_VERSION} (a config.json this fedsim can read)")
     data.pop(FORMAT_VERSION_FIELD, None)
     data["methods"] = tuple(data["methods"])
-    return RunConfig(**data)
+    return RunConfig(**data)  # a recorded preset is provenance only: its values are already resolved

@@ -65,7 +65,9 @@ class MethodSummary:
     observers of the released models (amplified by Poisson cohorts); None without
     client-level DP. ``client_level_epsilon``: the server figure (the one that holds
     against everyone), kept for readers of older summaries. ``dropped_processes``: client
-    processes dropped so far in the run (rank: why).
+    processes dropped so far in the run (rank: why). ``ledger_fingerprint``: the key of
+    the ledger's last segment; ``ledger_fingerprints``: every segment's, in order (one per
+    ``fedsim run`` / ``--resume`` that wrote it; pin them all with ``fedsim budget verify``).
     """
 
     method: str
@@ -85,6 +87,7 @@ class MethodSummary:
     dropped_processes: Mapping[int, str] = field(default_factory=dict)
     client_level_epsilon_server: float | None = None
     client_level_epsilon_observers: float | None = None
+    ledger_fingerprints: tuple[str, ...] = ()
     format_version: int = SUMMARY_FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -94,7 +97,8 @@ class MethodSummary:
 class Observer(Protocol):
     """Callbacks the server (rank 0) makes while a job runs."""
 
-    def method_started(self, method: str, rounds: int, ledger_fingerprint: str) -> None: ...
+    def method_started(self, method: str, rounds: int, ledger_fingerprint: str, completed: int = 0) -> None:
+        """``completed``: rounds already done before this start (a resumed run)."""
 
     def round_finished(self, metrics: RoundMetrics) -> None: ...
 
@@ -104,7 +108,7 @@ class Observer(Protocol):
 class NullObserver:
     """An observer that ignores everything (non-interactive use, tests)."""
 
-    def method_started(self, method: str, rounds: int, ledger_fingerprint: str) -> None:
+    def method_started(self, method: str, rounds: int, ledger_fingerprint: str, completed: int = 0) -> None:
         pass
 
     def round_finished(self, metrics: RoundMetrics) -> None:

@@ -15,13 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from fedsim.methods.registry import METHOD_NAMES
+from fedsim.methods.registry import METHOD_NAMES, SMOOTHING_MODES
+from fedsim.presets import PRESET_NAMES
 from fedsim.transport.vocabulary import DROPOUT_STAGES
 from secagg.threat_models import THREAT_MODELS
 
 __all__ = [
     "BUNDLED_TEXT_MODEL",
     "COHORTS",
+    "DEVICES",
     "FIELD_OPTIONS",
     "IMAGE_DATASETS",
     "OPTIMIZERS",
@@ -29,6 +31,7 @@ __all__ = [
     "SECAGG_GRAPHS",
     "SECAGG_MODULUS_BITS",
     "SECAGG_THREAT_MODELS",
+    "SMOOTHING_MODES",
     "TEXT_DATASETS",
     "FieldOption",
     "Rule",
@@ -40,6 +43,7 @@ SECAGG_MODULUS_BITS = (32, 64)
 SECAGG_THREAT_MODELS = THREAT_MODELS
 PARTITIONS = ("iid", "dirichlet")
 OPTIMIZERS = ("adamw", "sgd")
+DEVICES = ("auto", "cpu", "cuda")
 BUNDLED_TEXT_MODEL = "all-MiniLM-L6-v2"
 TEXT_DATASETS = ("wordnet-supersenses",)
 IMAGE_DATASETS = ("digits", "fashion-mnist")
@@ -87,6 +91,10 @@ def reals(allowed: str, check: Callable[[float], bool]) -> Rule:
 ANY = Rule(lambda v: True, "any value")
 
 
+def _is_name_list(value: Any) -> bool:
+    return isinstance(value, tuple) and len(value) > 0 and all(isinstance(t, str) and t.strip() for t in value) and len(set(value)) == len(value)
+
+
 @dataclass(frozen=True)
 class FieldOption:
     """One run option: its field, allowed values, and how ``fedsim run`` offers it.
@@ -119,6 +127,9 @@ _STAGES = Rule(
 )
 
 FIELD_OPTIONS: tuple[FieldOption, ...] = (
+    FieldOption("preset", optional(one_of(PRESET_NAMES), none="None or "),
+                "Start from a paper's setup (fedsim.presets; `fedsim run --list-presets`): la-lora-swin-b-cifar100, la-lora-roberta-mnli, deer-vit-b16 or default. A config file overrides it, options override both; the resolved config records it.",
+                show_default=False),
     FieldOption("methods", Rule(lambda v: isinstance(v, tuple) and len(v) > 0 and all(m in METHOD_NAMES for m in v), f"a non-empty list drawn from {METHOD_NAMES}"),
                 "Comma-separated methods to compare: la-lora (factors alternate per step + smoothing), dp-lora (A and B together), ffa-lora (A frozen), rolora (factors alternate per round), deer (B then A each round, two secure sums; noise regulator under client-level DP).",
                 flags=("--method", "-m")),
@@ -141,6 +152,9 @@ FIELD_OPTIONS: tuple[FieldOption, ...] = (
     FieldOption("client_clip", reals("a number in (0, 1e6]", lambda v: 0 < v <= 1e6), "Client-level clipping norm S of a whole update.", cli_type=float),
     FieldOption("rounds", integers(1, 100_000), "Communication rounds.", flags=("--rounds", "-r"), cli_type=int),
     FieldOption("local_steps", integers(1, 100_000), "DP-SGD steps per client per round (K).", flags=("--local-steps", "-k"), cli_type=int),
+    FieldOption("local_epochs", optional(reals("a number in (0, 1000]", lambda v: 0 < v <= 1000), none="None (use --local-steps) or "),
+                "Instead of K: each client runs ceil(epochs·n_i/B) DP-SGD steps per round (n_i its records, B --batch-size), split over the round's phases.",
+                cli_type=float, show_default=False),
     FieldOption("batch_size", integers(1, 65536), "Expected batch size B; Poisson sampling rate q = B / n_i.", cli_type=int),
     FieldOption("noise_multiplier", reals("a number in (0, 1000]", lambda v: 0 < v <= 1000), "Gaussian noise σ, in units of the clipping norm.", flags=("--noise-multiplier", "--sigma"), cli_type=float),
     FieldOption("max_grad_norm", reals("a number in (0, 1e6]", lambda v: 0 < v <= 1e6), "Per-sample clipping norm C.", flags=("--max-grad-norm", "--clip"), cli_type=float),
@@ -149,10 +163,21 @@ FIELD_OPTIONS: tuple[FieldOption, ...] = (
                 "Calibrate σ (PRV, before training) so every client's ε at δ is at most this; overrides --sigma. `fedsim budget plan` shows the same calibration.",
                 flags=("--target-epsilon",), cli_type=float, show_default=False),
     FieldOption("lr", reals("a number in (0, 10]", lambda v: 0 < v <= 10), "Learning rate of the LoRA factors (AdamW).", cli_type=float),
+    FieldOption("lr_decay", reals("a number in (0, 1]", lambda v: 0 < v <= 1),
+                "Per-round learning-rate decay: round r trains at lr·decay^(r−1) (every factor and the head).", cli_type=float),
+    FieldOption("momentum", reals("a number in [0, 1)", lambda v: 0 <= v < 1), "SGD momentum (--optimizer sgd only; the buffer restarts every phase).", cli_type=float),
     FieldOption("head_lr", reals("a number in (0, 10]", lambda v: 0 < v <= 10), "Learning rate of the classifier head.", cli_type=float),
     FieldOption("b_lr_ratio", reals("a number in (0, 100]", lambda v: 0 < v <= 100), "LA-LoRA: B's learning rate as a multiple of A's.", cli_type=float),
     FieldOption("smoothing", reals("a number in [0, 100] (0 disables)", lambda v: 0 <= v <= 100), "LA-LoRA: Laplacian smoothing strength σ_ls (0 disables).", cli_type=float),
+    FieldOption("smoothing_mode", one_of(SMOOTHING_MODES),
+                "LA-LoRA: replace (the smoothed noisy gradient replaces the raw one in the optimizer's step) or reference (the published code: a plain SGD step at lr on the smoothed gradient, then the optimizer's step on the raw noisy gradient). Both are post-processing of the DP gradient."),
     FieldOption("lora_rank", integers(1, 1024), "LoRA rank r.", cli_type=int),
+    FieldOption("lora_targets", optional(Rule(_is_name_list, "a non-empty list of distinct module-name suffixes, e.g. attn.qkv,attn.proj"), none="None (the model family's default) or "),
+                "Comma-separated module-name suffixes that get LoRA (default: attn.qkv,attn.proj for timm; query,key,value,attention.output.dense for text).",
+                show_default=False),
+    FieldOption("checkpoint", optional(Rule(lambda v: isinstance(v, str) and v.strip() != "", "a path to a local file or directory")),
+                "Pretrained weights from this machine, loaded before LoRA: a timm .pth/.safetensors file (e.g. swin_base_patch4_window7_224_22k.pth; a classifier head of another width is re-initialised) or a transformers checkpoint directory for text models.",
+                show_default=False),
     FieldOption("partition", one_of(PARTITIONS), "iid or dirichlet."),
     FieldOption("dirichlet_alpha", reals("a number > 0", lambda v: v > 0), "Dirichlet concentration α for non-IID splits (smaller is more skewed).", flags=("--alpha",), cli_type=float),
     FieldOption("seed", Rule(lambda v: is_int(v) and 0 <= v < 2**63, "an integer in [0, 2^63)"),
@@ -190,6 +215,8 @@ FIELD_OPTIONS: tuple[FieldOption, ...] = (
                 "Seconds the server waits for a client process's local training (and ranks wait at start-up) before dropping it or failing.",
                 flags=("--timeout",), cli_type=float),
     FieldOption("threads_per_process", integers(1, 256), "torch threads per process.", flags=("--threads",), cli_type=int),
+    FieldOption("device", one_of(DEVICES),
+                "cpu, cuda or auto; with more client processes than GPUs, rank r uses cuda:(LOCAL_RANK mod device_count); memory is not capped per process (auto: cuda when available)."),
     FieldOption("run_dir", ANY, "Output directory (default runs/<time>-<methods>); must not hold a previous run.", flags=("--run-dir", "-o"), cli_type=Path, show_default=False),
     # Set in a config file only.
     FieldOption("model_kwargs", Rule(lambda v: isinstance(v, Mapping), "a table of extra timm model arguments")),

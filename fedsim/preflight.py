@@ -45,6 +45,28 @@ def check_data(config: RunConfig) -> list[int]:
     return [len(shard) for shard in shards]
 
 
+def check_device(config: RunConfig) -> None:
+    """``device = cuda`` needs a GPU here (:func:`fedsim.transport.world.choose_device` raises a ConfigError)."""
+    from fedsim.transport.world import choose_device
+
+    choose_device(0, config.device)
+
+
+def check_checkpoint(config: RunConfig) -> None:
+    """``checkpoint`` weights load into the model (missing or reshaped backbone tensors are named)."""
+    if config.checkpoint is None:
+        return
+    from fedsim.models.build import build_base_model
+    from fedsim.models.checkpoint import CheckpointError
+    from fedsim.task import model_spec
+
+    classes = len(load_checked_dataset(config).train.classes)
+    try:
+        build_base_model(model_spec(config, classes))
+    except (CheckpointError, OSError) as exc:
+        raise ConfigError("checkpoint", config.checkpoint, f"weights that load into {config.model!r} ({exc})") from None
+
+
 def check_model(config: RunConfig) -> None:
     """An image model must be a timm architecture (text models resolve at load time: hub ids too)."""
     if config.modality == "image":
@@ -145,21 +167,26 @@ def _secagg_field(message: str) -> str:
 def calibrate_noise(config: RunConfig, shard_sizes: list[int]) -> RunConfig:
     """With ``target_epsilon`` set, the config with the PRV-calibrated noise multiplier.
 
-    Every client runs ``rounds × local_steps`` steps at q = B / n_i; calibrating at the
-    smallest shard (the largest q) makes every client's ε meet the target
-    (:func:`accounting.calibrate_schedule`: the smallest σ, within its tolerance, whose
-    PRV upper bound is at most the target).
+    Every client runs ``rounds × steps_i`` steps at q = B / n_i (steps_i = K, or
+    ceil(local_epochs·n_i/B)); calibrating every distinct (q, steps) and taking the largest
+    σ makes every client's ε meet the target (:func:`accounting.calibrate_schedule`: the
+    smallest σ, within its tolerance, whose PRV upper bound is at most the target; with a
+    fixed K only the smallest shard, the largest q, counts).
     """
     if config.target_epsilon is None:
         return config
-    rate = min(1.0, config.batch_size / min(shard_sizes))
-    try:
-        calibration = calibrate_schedule(
-            Schedule(config.rounds, local_steps=config.local_steps, sample_rate=rate), config.target_epsilon, config.delta
-        )
-    except CalibrationError as exc:
-        raise ConfigError("target_epsilon", config.target_epsilon, f"a budget reachable at delta={config.delta:g} ({exc})") from None
-    return dataclasses.replace(config, noise_multiplier=calibration.noise_multiplier)
+    from fedsim.task import sample_level_schedules
+
+    sigmas = []
+    for rate, steps in sample_level_schedules(config, shard_sizes):  # with local epochs, one per distinct (q, steps)
+        try:
+            calibration = calibrate_schedule(
+                Schedule(config.rounds, local_steps=steps, sample_rate=rate), config.target_epsilon, config.delta
+            )
+        except CalibrationError as exc:
+            raise ConfigError("target_epsilon", config.target_epsilon, f"a budget reachable at delta={config.delta:g} ({exc})") from None
+        sigmas.append(calibration.noise_multiplier)
+    return dataclasses.replace(config, noise_multiplier=max(sigmas))
 
 
 def preflight(config: RunConfig) -> RunConfig:
@@ -168,9 +195,11 @@ def preflight(config: RunConfig) -> RunConfig:
     The returned config differs from ``config`` only by a calibrated ``noise_multiplier``
     when ``target_epsilon`` is set.
     """
+    check_device(config)
     check_model(config)
     check_secure_aggregation(config)
     sizes = check_data(config)
+    check_checkpoint(config)
     check_client_level_noise(config)
     return calibrate_noise(config, sizes)
 

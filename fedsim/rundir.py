@@ -21,6 +21,8 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 ADAPTER_DIR = "adapter"
 PLOT_FILE = "curves.png"
+STATE_FILE = "state.json"
+"""A method's last committed round and status (:class:`fedsim.resume.MethodState`): what ``--resume`` reads."""
 
 FORMAT_VERSION_FIELD = "format_version"
 METRICS_FORMAT_VERSION = 1
@@ -29,6 +31,13 @@ SUMMARY_FORMAT_VERSION = 1
 """Layout of ``summary.json`` (:class:`fedsim.events.MethodSummary`)."""
 CONFIG_FORMAT_VERSION = 1
 """Layout of ``config.json`` (:meth:`fedsim.config.RunConfig.to_json`)."""
+STATE_FORMAT_VERSION = 1
+"""Layout of ``state.json`` and of the global-state files it names (:mod:`fedsim.resume`)."""
+
+
+def global_state_file(round_idx: int) -> str:
+    """The file of every trainable parameter's global value after ``round_idx`` (safetensors)."""
+    return f"global_state.r{round_idx:06d}.safetensors"
 
 
 def readable_format(data: Mapping[str, Any], known: int) -> bool:

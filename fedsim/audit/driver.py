@@ -45,12 +45,12 @@ from fedsim.audit.observers import (
     StepObserver,
     UpdateObserver,
 )
-from fedsim.client.trainer import ClientShard, DPSettings, LocalTrainer, OptimSettings
+from fedsim.client.trainer import ClientShard, LocalTrainer
 from fedsim.config import RunConfig
 from fedsim.dp.randomness import SecretRandom, secret_random
-from fedsim.methods.registry import factor_learning_rates, phase_steps
+from fedsim.methods.registry import REPLACE, factor_learning_rates, phase_steps
 from fedsim.population import Population, cohort_sampling
-from fedsim.task import Task, fresh_model, load_task
+from fedsim.task import Task, load_task
 from fedsim.transport.vectors import flatten
 
 __all__ = ["AuditReport", "AuditRun", "Federation", "accountant_epsilon", "add_mean", "audit", "audit_federation", "build_federation"]
@@ -123,21 +123,18 @@ def accountant_epsilon(noise_multiplier: float, sample_rate: float, steps: int, 
 def build_federation(config: RunConfig, task: Task, *, noise_multiplier: float, cohort: int, device: torch.device) -> Federation:
     """The trainer of ``config``'s (single) method with σ = ``noise_multiplier`` in the mechanism,
     and the shards of clients 1..``cohort`` of the run's seeded partition."""
-    from fedsim.client.loop import (
-        hosted_shards,  # the client process's secure-sum stack: only for a real task
+    from fedsim.client.loop import (  # the client process's secure-sum stack: only for a real task
+        build_trainer,
+        hosted_shards,
     )
 
     if len(config.methods) != 1:
         raise AuditError("methods", ",".join(config.methods), "exactly one method to audit")
-    method, model, factors = fresh_model(task, config.methods[0], device)
-    trainer = LocalTrainer(
-        model=model,
-        factors=factors,
-        method=method,
-        dp=DPSettings(config.batch_size, noise_multiplier, config.max_grad_norm),
-        optim=OptimSettings(config.optimizer, config.lr, config.head_lr, config.b_lr_ratio, config.smoothing),
-        device=device,
-    )
+    if config.local_epochs is not None:
+        raise AuditError("local_epochs", config.local_epochs, "unset: the audit runs --local-steps K per round")
+    if config.smoothing_mode != REPLACE:
+        raise AuditError("smoothing_mode", config.smoothing_mode, f"{REPLACE!r}: the observers undo that smoothing only")
+    trainer = build_trainer(config, task, config.methods[0], device, noise_multiplier=noise_multiplier)
     population = Population(config.population_size, config.num_clients)
     shards = hosted_shards(config, task, population, range(1, cohort + 1))
     return Federation(trainer, [shards[cid] for cid in range(1, cohort + 1)])
@@ -206,6 +203,7 @@ def audit_federation(
                     shard, global_vector, phase, steps,
                     after_step=scorer if audited and observer == STEP else None,
                     before_step=injector if audited else None,
+                    round_idx=round_idx,
                 )
                 if audited and observer == CLIENT_UPDATE:
                     scorer.observe(update, sent, shapes)

@@ -17,17 +17,24 @@ from dataclasses import dataclass
 
 import torch
 
-from fedsim.client.trainer import ClientShard, DPSettings, LocalTrainer, OptimSettings
+from fedsim.client.trainer import ClientShard, LocalTrainer, dp_settings, optim_settings
 from fedsim.config import RunConfig
-from fedsim.data.partition import partition
+from fedsim.data.loaders import subset
 from fedsim.dp.randomness import secret_random
 from fedsim.methods.registry import Phase, phase_steps
+from fedsim.models.build import build_tokenizer
 from fedsim.models.lora_params import parameters_by_name
 from fedsim.population import Population
 from fedsim.secure_sum.config import dropout_plan, secure_sum_config
-from fedsim.secure_sum.identity import ClientPKI, client_pki
 from fedsim.secure_sum.exchange import client_secure_sum, round_and_phase
-from fedsim.task import Task, fresh_model, model_inputs
+from fedsim.secure_sum.identity import ClientPKI, client_pki
+from fedsim.task import (
+    Task,
+    client_partition,
+    client_round_steps,
+    fresh_model,
+    stored_inputs,
+)
 from fedsim.transport.framing import Frame, FrameError, unpack_ids
 from fedsim.transport.payloads import pack_report, unpack_vector
 from fedsim.transport.relay import ClientRelay, Evicted
@@ -37,7 +44,7 @@ from fedsim.transport.world import SERVER_RANK, World
 from secagg.params import SESSION_BYTES
 from secagg.threat_models import ACTIVE
 
-__all__ = ["hosted_shards", "participate_run"]
+__all__ = ["build_trainer", "hosted_shards", "participate_run"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,14 +75,33 @@ def participate_run(config: RunConfig, world: World, task: Task) -> None:
 
 
 def hosted_shards(config: RunConfig, task: Task, population: Population, hosted: Sequence[int]) -> dict[int, ClientShard]:
-    """The records of the clients this process hosts: the population's seeded partition, tokenized once."""
-    labels = task.data.train.labels
-    indices = partition(labels.numpy(), population.size, scheme=config.partition, alpha=config.dirichlet_alpha, seed=config.seed)
-    inputs = model_inputs(task, task.data.train)
-    return {
-        cid: ClientShard.build(cid, tuple(x[indices[cid - 1]] for x in inputs), labels[indices[cid - 1]], config.batch_size)
-        for cid in hosted
-    }
+    """The records of the clients this process hosts: the population's seeded partition.
+
+    Only the hosted clients' records are encoded (texts tokenized once; images kept at their
+    stored size and resized per batch: :func:`fedsim.task.stored_inputs`).
+    """
+    train = task.data.train
+    if population.size != config.population_size:
+        raise ValueError(f"population={population.size} is invalid: expected the config's population_size={config.population_size}")
+    indices = client_partition(config, task)
+    tokenizer = build_tokenizer(task.spec) if task.data.modality == "text" else None
+    shards = {}
+    for cid in hosted:
+        records = subset(train, indices[cid - 1])
+        inputs, prepare = stored_inputs(task, records, tokenizer)
+        shards[cid] = ClientShard.build(cid, inputs, records.labels, config.batch_size, prepare)
+    return shards
+
+
+def build_trainer(
+    config: RunConfig, task: Task, method_name: str, device: torch.device, noise_multiplier: float | None = None,
+) -> LocalTrainer:
+    """A fresh model of ``method_name`` and its trainer, as a client process builds it (σ overridable: the audit)."""
+    method, model, factors = fresh_model(task, method_name, device)
+    return LocalTrainer(
+        model=model, factors=factors, method=method,
+        dp=dp_settings(config, noise_multiplier), optim=optim_settings(config), device=device,
+    )
 
 
 @dataclass
@@ -86,16 +112,19 @@ class PhaseTraining:
     trainer: LocalTrainer
     shards: Mapping[int, ClientShard]
     phase: Phase
-    steps: int
+    steps: Mapping[int, int]  # this phase's steps of each hosted client
     global_vector: torch.Tensor
     exchange: int
+    round_idx: int = 1
 
     def __call__(self, client_ids: list[int]) -> dict[int, torch.Tensor]:
         updates, reports = {}, {}
         for cid in client_ids:
             if cid not in self.shards:
                 raise FrameError(f"the server asked for the input of client {cid}, not hosted here")
-            update, report = self.trainer.train_phase(self.shards[cid], self.global_vector, self.phase, self.steps)
+            update, report = self.trainer.train_phase(
+                self.shards[cid], self.global_vector, self.phase, self.steps[cid], round_idx=self.round_idx,
+            )
             updates[cid] = update.cpu()
             reports[cid] = pack_report(report)
         self.relay.send(Frame(Kind.REPORT, self.exchange, entries=reports))
@@ -109,19 +138,14 @@ class HostedClients:
         self, config: RunConfig, world: World, task: Task, relay: ClientRelay, method_name: str, pki: ClientPKI | None = None,
     ) -> None:
         self.config, self.relay, self.device, self.pki = config, relay, world.device, pki
-        self.method, model, self.factors = fresh_model(task, method_name, world.device)
+        self.trainer = build_trainer(config, task, method_name, world.device)
+        self.method, self.factors = self.trainer.method, self.trainer.factors
         self.params = parameters_by_name(self.factors)
         self.dim_all = flat_size(self.params, self.method.all_sent_names(self.factors))  # the ROUND frame's global state
-        self.trainer = LocalTrainer(
-            model=model,
-            factors=self.factors,
-            method=self.method,
-            dp=DPSettings(config.batch_size, config.noise_multiplier, config.max_grad_norm),
-            optim=OptimSettings(config.optimizer, config.lr, config.head_lr, config.b_lr_ratio, config.smoothing),
-            device=world.device,
-        )
         population = Population(config.population_size, world.num_clients)
         self.shards = hosted_shards(config, task, population, population.hosted_by(world.rank))
+        phases = len(self.method.phases(1))
+        self.round_steps = {cid: client_round_steps(config, shard.num_records, phases) for cid, shard in self.shards.items()}
         self.secagg = secure_sum_config(config)
         self.dropouts = dropout_plan(config)
         self.rounding = secret_random()  # rounding coins (and Skellam noise) of the encoding
@@ -146,9 +170,10 @@ class HostedClients:
         global_vector = unpack_vector(frame.entries.get(RoundEntry.GLOBAL_STATE, b""), self.dim_all, f"round {round_idx} global state")
         training = PhaseTraining(
             self.relay, self.trainer, self.shards, phase,
-            steps=phase_steps(self.config.local_steps, phases)[phase_idx],
+            steps={cid: phase_steps(steps, phases)[phase_idx] for cid, steps in self.round_steps.items()},
             global_vector=global_vector.to(self.device),
             exchange=frame.round,
+            round_idx=round_idx,
         )
         client_secure_sum(
             self.relay, unpack_ids(frame.entries.get(RoundEntry.CLIENTS, b""), "clients to train"), training,

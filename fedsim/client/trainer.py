@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,11 +28,22 @@ from torch.utils.data import TensorDataset
 
 from fedsim.dp.optimizer import FactorwiseDPOptimizer
 from fedsim.dp.randomness import SecretRandom, secret_random
-from fedsim.methods.registry import Method, Phase, factor_learning_rates
+from fedsim.methods.registry import (
+    REPLACE,
+    Method,
+    Phase,
+    factor_learning_rates,
+    round_learning_rate,
+)
 from fedsim.transport.payloads import RoundReport
 from fedsim.transport.vectors import assign_flat, flatten
 
+if TYPE_CHECKING:
+    from fedsim.config import RunConfig
+
 logger = logging.getLogger(__name__)
+
+Prepare = Callable[[Sequence[torch.Tensor]], Sequence[torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -46,13 +57,34 @@ class DPSettings:
 
 @dataclass(frozen=True)
 class OptimSettings:
-    """Local optimiser settings; ``b_lr_ratio`` and ``smoothing`` only matter for LA-LoRA."""
+    """Local optimiser settings; ``b_lr_ratio`` and ``smoothing*`` only matter for LA-LoRA.
+
+    Round r trains at every rate × ``lr_decay``^(r−1); ``momentum`` is SGD's (the optimizer,
+    and so its momentum buffer or AdamW's moments, is fresh every phase).
+    """
 
     optimizer: str
     lr: float
     head_lr: float
     b_lr_ratio: float
     smoothing: float
+    smoothing_mode: str = REPLACE
+    lr_decay: float = 1.0
+    momentum: float = 0.0
+
+
+def dp_settings(config: RunConfig, noise_multiplier: float | None = None) -> DPSettings:
+    """The DP-SGD settings of ``config`` (σ = ``noise_multiplier`` when given: the audit's mechanism)."""
+    sigma = config.noise_multiplier if noise_multiplier is None else noise_multiplier
+    return DPSettings(config.batch_size, sigma, config.max_grad_norm)
+
+
+def optim_settings(config: RunConfig) -> OptimSettings:
+    """The local optimiser settings of ``config``."""
+    return OptimSettings(
+        config.optimizer, config.lr, config.head_lr, config.b_lr_ratio, config.smoothing,
+        smoothing_mode=config.smoothing_mode, lr_decay=config.lr_decay, momentum=config.momentum,
+    )
 
 
 def poisson_batches(dataset: TensorDataset, sample_rate: float, rng: SecretRandom) -> Iterator[tuple[torch.Tensor, ...]]:
@@ -74,18 +106,30 @@ def poisson_batches(dataset: TensorDataset, sample_rate: float, rng: SecretRando
 
 @dataclass
 class ClientShard:
-    """One (virtual) client's records and its Poisson sampler (q = B / n_i)."""
+    """One (virtual) client's records and its Poisson sampler (q = B / n_i).
+
+    ``prepare`` (optional) turns a sampled batch's stored inputs into model inputs (e.g.
+    resizes small stored images to the model's size), so a shard need not hold every
+    record at model resolution.
+    """
 
     client_id: int
     dataset: TensorDataset
     sample_rate: float
     _batches: Iterator[Sequence[torch.Tensor]] | None = None
+    prepare: Prepare | None = None
 
     @classmethod
-    def build(cls, client_id: int, inputs: Sequence[torch.Tensor], labels: torch.Tensor, batch_size: int) -> "ClientShard":
+    def build(
+        cls, client_id: int, inputs: Sequence[torch.Tensor], labels: torch.Tensor, batch_size: int, prepare: Prepare | None = None,
+    ) -> "ClientShard":
         if len(labels) == 0:
             raise ValueError(f"client {client_id} has no training records")
-        return cls(client_id, TensorDataset(*inputs, labels), min(1.0, batch_size / len(labels)))
+        return cls(client_id, TensorDataset(*inputs, labels), min(1.0, batch_size / len(labels)), prepare=prepare)
+
+    def model_inputs(self, inputs: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
+        """A sampled batch's stored inputs as the model takes them."""
+        return inputs if self.prepare is None else self.prepare(inputs)
 
     @property
     def num_records(self) -> int:
@@ -139,13 +183,19 @@ class LocalTrainer:
         self.model = GradSampleModule(model.to(device), loss_reduction="mean")
         self.noise_random = secret_random()  # DP-SGD noise (drawn on the CPU, copied to ``device``)
 
-    def _optimizer(self, expected_batch_size: int) -> FactorwiseDPOptimizer:
-        rates = factor_learning_rates(self.method, self.optim.lr, self.optim.head_lr, self.optim.b_lr_ratio)
+    def _optimizer(self, expected_batch_size: int, round_idx: int = 1) -> FactorwiseDPOptimizer:
+        """The phase's optimizer: every rate decayed to round ``round_idx``, fresh state."""
+        lr = round_learning_rate(self.optim.lr, self.optim.lr_decay, round_idx)
+        head_lr = round_learning_rate(self.optim.head_lr, self.optim.lr_decay, round_idx)
+        rates = factor_learning_rates(self.method, lr, head_lr, self.optim.b_lr_ratio)
         groups = [
             {"params": [p for p, f in self.factor_of.items() if f == factor], "lr": rates[factor]}
             for factor in sorted(set(self.factor_of.values()))
         ]
-        base = torch.optim.AdamW(groups, weight_decay=0.0) if self.optim.optimizer == "adamw" else torch.optim.SGD(groups)
+        if self.optim.optimizer == "adamw":
+            base: torch.optim.Optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
+        else:
+            base = torch.optim.SGD(groups, momentum=self.optim.momentum)
         return FactorwiseDPOptimizer(
             base,
             factor_of=self.factor_of,
@@ -154,6 +204,8 @@ class LocalTrainer:
             expected_batch_size=expected_batch_size,
             rng=self.noise_random,
             smoothing=self.optim.smoothing if self.method.smoothing else 0.0,
+            smoothing_mode=self.optim.smoothing_mode,
+            reference_lr=lr,  # the published code's plain smoothed step uses the round's base lr
         )
 
     def load_global(self, vector: torch.Tensor, names: Sequence[str]) -> None:
@@ -168,8 +220,11 @@ class LocalTrainer:
         local_steps: int,
         after_step: Callable[[int, frozenset[str]], None] | None = None,
         before_step: Callable[[int, list[torch.nn.Parameter]], None] | None = None,
+        round_idx: int = 1,
     ) -> tuple[torch.Tensor, RoundReport]:
         """Run ``local_steps`` DP-SGD steps of ``shard`` from the global state; return update and report.
+
+        ``round_idx`` (1-based) sets the learning rates (``OptimSettings.lr_decay``).
 
         ``global_vector`` holds every trainable parameter (``Method.all_sent_names``); the
         update (local − global) covers only what ``phase`` sends. It is the only thing
@@ -188,7 +243,7 @@ class LocalTrainer:
         sent = phase.sent_names(self.factors)
         start = flatten(self.params, sent)
         self.model.train()
-        optimizer = self._optimizer(max(1, round(shard.sample_rate * shard.num_records)))
+        optimizer = self._optimizer(max(1, round(shard.sample_rate * shard.num_records)), round_idx)
         for step in range(local_steps):
             optimizer.set_active(phase.active_at(step))
             optimizer.zero_grad()
@@ -198,7 +253,7 @@ class LocalTrainer:
                 for p in optimizer.params:
                     p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
             else:
-                logits = self.model(*(x.to(self.device) for x in inputs))
+                logits = self.model(*shard.model_inputs([x.to(self.device) for x in inputs]))
                 with warnings.catch_warnings():
                     # Opacus's hooks on the first LoRA layer fire with no input needing a
                     # gradient (the frozen embeddings); torch warns, the gradients are right.

@@ -17,7 +17,10 @@ Here the trainable set is fixed for the whole run and a step chooses its *active
    are then scaled by 1 / E[batch size]. The noise comes from the ChaCha20 CSPRNG of
    :mod:`fedsim.dp.randomness` (drawn on the CPU, copied to the parameters' device), never
    from a torch generator: :meth:`FactorwiseDPOptimizer.add_noise` replaces Opacus's;
-4. optional smoothing (:mod:`fedsim.methods.smoothing`) post-processes the noisy gradient.
+4. optional smoothing (:mod:`fedsim.methods.smoothing`) post-processes the noisy gradient:
+   ``replace`` hands the optimizer the smoothed gradient; ``reference`` (the published LA-LoRA
+   code) first moves each active parameter by −``reference_lr``·smoothed, then hands the
+   optimizer the raw noisy gradient.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from opacus.optimizers import DPOptimizer
 from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 
 from fedsim.dp.randomness import SecretRandom
-from fedsim.methods.smoothing import smooth_1d, smooth_2d
+from fedsim.methods.registry import REFERENCE, REPLACE, SMOOTHING_MODES
+from fedsim.methods.smoothing import smooth_gradient
 
 MATRIX_FACTORS = frozenset({"A", "B"})
 
@@ -47,7 +51,13 @@ class FactorwiseDPOptimizer(DPOptimizer):
         expected_batch_size: int,
         rng: SecretRandom,
         smoothing: float = 0.0,
+        smoothing_mode: str = REPLACE,
+        reference_lr: float | None = None,
     ) -> None:
+        if smoothing_mode not in SMOOTHING_MODES:
+            raise ValueError(f"smoothing_mode={smoothing_mode!r} is invalid: expected one of {SMOOTHING_MODES}")
+        if smoothing_mode == REFERENCE and smoothing > 0 and not (reference_lr is not None and reference_lr > 0):
+            raise ValueError(f"reference_lr={reference_lr!r} is invalid: expected a number > 0 with smoothing_mode='reference'")
         # Set before DPOptimizer.__init__, which already reads ``self.params``.
         self._factor_of = {id(p): factor for p, factor in factor_of.items()}
         self._active: frozenset[str] = frozenset(self._factor_of.values())
@@ -61,6 +71,8 @@ class FactorwiseDPOptimizer(DPOptimizer):
         )
         self.rng = rng
         self.smoothing = smoothing
+        self.smoothing_mode = smoothing_mode
+        self.reference_lr = reference_lr
 
     def set_active(self, factors: frozenset[str]) -> None:
         """Choose the factors the next step clips, noises and updates."""
@@ -117,6 +129,10 @@ class FactorwiseDPOptimizer(DPOptimizer):
         ready = super().pre_step(closure)
         if ready and self.smoothing > 0:
             for p in self.params:
-                smooth = smooth_2d if self._factor_of[id(p)] in MATRIX_FACTORS and p.dim() == 2 else smooth_1d
-                p.grad = smooth(p.grad, self.smoothing)
+                smoothed = smooth_gradient(p.grad, self.smoothing, matrix=self._factor_of[id(p)] in MATRIX_FACTORS)
+                if self.smoothing_mode == REPLACE:
+                    p.grad = smoothed
+                else:  # reference: a plain SGD step on the smoothed gradient; the optimizer gets the raw one
+                    with torch.no_grad():
+                        p.add_(smoothed, alpha=-self.reference_lr)
         return ready

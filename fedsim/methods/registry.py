@@ -31,6 +31,7 @@ needed.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -40,6 +41,12 @@ JOINT = "joint"
 STEP_ALTERNATING = "step-alternating"
 ROUND_ALTERNATING = "round-alternating"
 TWO_STAGE = "two-stage"
+
+# LA-LoRA's smoothed gradient replaces the raw one, or (the published code) a plain step on
+# it precedes the optimizer's step on the raw one (fedsim.methods.smoothing).
+REPLACE = "replace"
+REFERENCE = "reference"
+SMOOTHING_MODES = (REPLACE, REFERENCE)
 
 
 @dataclass(frozen=True)
@@ -99,14 +106,18 @@ class Method:
         return sorted(name for factor in self.trainable for name in factors[factor])
 
 
+LA_LORA = "la-lora"
+DEER = "deer"
+"""The two methods whose papers' setups are presets (:mod:`fedsim.presets`)."""
+
 METHOD_TABLE: dict[str, Method] = {
     method.name: method
     for method in (
-        Method("la-lora", frozenset(FACTORS), STEP_ALTERNATING, smoothing=True, scaled_b_lr=True),
+        Method(LA_LORA, frozenset(FACTORS), STEP_ALTERNATING, smoothing=True, scaled_b_lr=True),
         Method("dp-lora", frozenset(FACTORS), JOINT),
         Method("ffa-lora", frozenset({"B", "head"}), JOINT),
         Method("rolora", frozenset(FACTORS), ROUND_ALTERNATING),
-        Method("deer", frozenset(FACTORS), TWO_STAGE),
+        Method(DEER, frozenset(FACTORS), TWO_STAGE),
     )
 }
 """Every method by name; the one list of method names (``METHOD_NAMES``) is its keys."""
@@ -132,6 +143,36 @@ def phase_steps(local_steps: int, phases: int) -> list[int]:
         raise ValueError(f"local_steps={local_steps!r} is invalid: expected at least one step per phase ({phases})")
     base, extra = divmod(local_steps, phases)
     return [base + (1 if i < extra else 0) for i in range(phases)]
+
+
+def round_steps(*, local_steps: int, local_epochs: float | None, batch_size: int, num_records: int, phases: int = 1) -> int:
+    """A client's DP-SGD steps in one round: K, or with local epochs E, ceil(E·n_i/B).
+
+    An epoch is n_i / B expected Poisson batches of rate q = B / n_i. With n_i < B the rate
+    is capped at 1 (every step sees the whole shard), so an epoch is one step:
+    ceil(E·max(n_i, B)/B). Never fewer than one step per phase. The product is rounded to
+    9 decimals first, so 0.1·30/3 is one step, not two.
+    """
+    if local_epochs is None:
+        steps = local_steps
+    else:
+        if not local_epochs > 0:
+            raise ValueError(f"local_epochs={local_epochs!r} is invalid: expected a number > 0")
+        if num_records < 1 or batch_size < 1:
+            raise ValueError(f"num_records={num_records!r}, batch_size={batch_size!r} are invalid: expected integers >= 1")
+        steps = math.ceil(round(local_epochs * max(num_records, batch_size) / batch_size, 9))
+    return max(phases, steps)
+
+
+def round_learning_rate(lr: float, decay: float, round_idx: int) -> float:
+    """The learning rate of round ``round_idx`` (1-based): lr · decay^(r−1).
+
+    LA-LoRA's code multiplies lr by 0.99 at the start of every round (arXiv 2602.19926,
+    reference DP_lora.py); here round 1 trains at the configured lr.
+    """
+    if round_idx < 1:
+        raise ValueError(f"round_idx={round_idx!r} is invalid: expected an integer >= 1")
+    return lr * decay ** (round_idx - 1)
 
 
 def factor_learning_rates(method: Method, lr: float, head_lr: float, b_lr_ratio: float) -> dict[str, float]:

@@ -14,6 +14,14 @@ spectrum by the filter's inverse gain:
 The DC gain is 1 (the mean is kept); high frequencies, where isotropic DP noise carries as
 much energy as anywhere else but the signal carries little, are damped. The input is the
 output of the Gaussian mechanism, so smoothing is post-processing and costs no privacy.
+
+Two ways to use the smoothed gradient Ĝ of the raw noisy gradient G
+(:data:`fedsim.methods.registry.SMOOTHING_MODES`):
+
+- ``replace``: the optimizer steps on Ĝ instead of G (the paper's description);
+- ``reference``: the published code (github junkangLiu0/LA-LORA, ``DP_lora.py``,
+  ``update_FedAvg_AL``): a plain step θ ← θ − η Ĝ at the round's base rate η, then the
+  optimizer's own step on G. Both are functions of G only: post-processing.
 """
 
 from __future__ import annotations
@@ -53,3 +61,10 @@ def smooth_2d(gradient: torch.Tensor, sigma: float) -> torch.Tensor:
     matrix = gradient.to(torch.float64)
     spectrum = torch.fft.rfft2(matrix) / inverse_gain_2d(height, width, sigma).to(matrix.device)
     return torch.fft.irfft2(spectrum, s=(height, width)).to(gradient.dtype)
+
+
+def smooth_gradient(gradient: torch.Tensor, sigma: float, *, matrix: bool) -> torch.Tensor:
+    """Ĝ = (I − σΔ)⁻¹ G: the 2-D stencil for a LoRA factor (``matrix`` and 2-D), else 1-D."""
+    if matrix and gradient.dim() == 2:
+        return smooth_2d(gradient, sigma)
+    return smooth_1d(gradient, sigma)

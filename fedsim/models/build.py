@@ -25,9 +25,19 @@ from timm.models import swin_transformer_v2
 from transformers import PreTrainedTokenizerBase
 
 from fedsim.models.batchnorm import neutralize_batchnorm
-from fedsim.models.lora_params import factor_parameters, load_trainable_state, trainable_state
+from fedsim.models.checkpoint import load_timm_checkpoint
+from fedsim.models.lora_params import (
+    factor_parameters,
+    load_trainable_state,
+    trainable_state,
+)
 from fedsim.models.spec import ModelSpec
-from fedsim.models.text import TextClassifier, build_text_backbone, load_tokenizer, tokenize
+from fedsim.models.text import (
+    TextClassifier,
+    build_text_backbone,
+    load_tokenizer,
+    tokenize,
+)
 from fedsim.models.window_unfold import install_window_unfold
 
 __all__ = [
@@ -111,7 +121,8 @@ def build_base_model(spec: ModelSpec) -> nn.Module:
 
     Random initialisation is seeded with `spec.init_seed` (without touching the caller's
     RNG), so this is also the `fresh_base` for `PeftModel.from_pretrained` (see
-    `load_adapter`): same spec, same frozen weights, in every process.
+    `load_adapter`): same spec, same frozen weights, in every process. A `spec.checkpoint`
+    is loaded into the seeded model (a head of another width keeps its seeded init).
     """
     kwargs = dict(spec.model_kwargs)
     with torch.random.fork_rng(devices=[]):
@@ -119,11 +130,12 @@ def build_base_model(spec: ModelSpec) -> nn.Module:
         if spec.family == "timm":
             if spec.img_size is not None:
                 kwargs["img_size"] = spec.img_size
-            base = timm.create_model(
-                spec.name, pretrained=spec.pretrained, num_classes=spec.num_classes, **kwargs
-            )
+            from_hub = spec.pretrained and spec.checkpoint is None
+            base = timm.create_model(spec.name, pretrained=from_hub, num_classes=spec.num_classes, **kwargs)
+            if spec.checkpoint is not None:
+                load_timm_checkpoint(base, spec.checkpoint, head_module_names(base, spec))
         else:
-            backbone = build_text_backbone(spec.name, spec.pretrained, kwargs)
+            backbone = build_text_backbone(spec.name, spec.pretrained, kwargs, spec.checkpoint)
             base = TextClassifier(backbone, spec.num_classes)
     neutralize_batchnorm(base)
     return base
@@ -198,4 +210,4 @@ def build_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase:
     """The tokenizer of a text `spec`; use with `tokenize(tok, texts, spec.max_length)`."""
     if spec.family != "text":
         raise ValueError(f"build_tokenizer needs ModelSpec.family='text', got {spec.family!r}")
-    return load_tokenizer(spec.name)
+    return load_tokenizer(spec.name, spec.checkpoint)

@@ -64,6 +64,9 @@ class ModelSpec:
     num_classes: width of the classifier head.
     pretrained: load pretrained weights (timm: from the hub; text: `from_pretrained`)
         instead of a random initialisation.
+    checkpoint: local pretrained weights (needs pretrained=True): for timm a .pth /
+        .safetensors file loaded into the model before LoRA (`fedsim.models.checkpoint`),
+        for text a transformers checkpoint directory (config, weights, tokenizer).
     img_size: timm input resolution override (vision only).
     model_kwargs: extra keyword arguments: for timm passed to `create_model` (e.g. a tiny
         embed_dim/depths for tests); for text passed to `from_pretrained`/the config
@@ -81,6 +84,7 @@ class ModelSpec:
     name: str
     num_classes: int
     pretrained: bool = False
+    checkpoint: str | None = None
     img_size: int | None = None
     model_kwargs: tuple[tuple[str, object], ...] = ()
     lora_rank: int = 8
@@ -101,6 +105,11 @@ class ModelSpec:
             )
         if not isinstance(self.pretrained, bool):
             raise ValueError(f"ModelSpec.pretrained must be a bool, got {self.pretrained!r}")
+        if self.checkpoint is not None and not (isinstance(self.checkpoint, str) and self.checkpoint.strip() and self.pretrained):
+            raise ValueError(
+                f"ModelSpec.checkpoint must be None or a non-empty path with pretrained=True, "
+                f"got checkpoint={self.checkpoint!r}, pretrained={self.pretrained!r}"
+            )
         self._validate_img_size()
         object.__setattr__(self, "model_kwargs", _normalize_kwargs(self.model_kwargs))
         if self.family == "timm":

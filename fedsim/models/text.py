@@ -62,13 +62,19 @@ class TextClassifier(nn.Module):
 
 
 def build_text_backbone(
-    name: str, pretrained: bool, model_kwargs: Mapping[str, object]
+    name: str, pretrained: bool, model_kwargs: Mapping[str, object], checkpoint: str | None = None
 ) -> nn.Module:
     """Load (pretrained) or initialise (random) the encoder named by `name`.
 
     `model_kwargs` override config fields (e.g. hidden_dropout_prob=0.0); with
-    pretrained=False only the architecture is read and the weights are random.
+    pretrained=False only the architecture is read and the weights are random. A local
+    `checkpoint` directory replaces `name` as the source of the weights (every encoder tensor
+    must load: `fedsim.models.checkpoint.load_text_backbone`).
     """
+    if checkpoint is not None:
+        from fedsim.models.checkpoint import load_text_backbone
+
+        return load_text_backbone(checkpoint, model_kwargs)
     path = resolve_text_model_path(name)
     if pretrained:
         return AutoModel.from_pretrained(path, **model_kwargs)
@@ -77,9 +83,9 @@ def build_text_backbone(
     return AutoModel.from_config(config)
 
 
-def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
-    """The tokenizer that belongs to the text model `name`."""
-    return AutoTokenizer.from_pretrained(resolve_text_model_path(name))
+def load_tokenizer(name: str, checkpoint: str | None = None) -> PreTrainedTokenizerBase:
+    """The tokenizer that belongs to the text model `name` (or the one in its `checkpoint` directory)."""
+    return AutoTokenizer.from_pretrained(checkpoint if checkpoint is not None else resolve_text_model_path(name))
 
 
 def tokenize(

@@ -22,10 +22,11 @@ files of every completed round are already written).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -33,6 +34,8 @@ from accounting import Ledger, LedgerRecord
 from fedsim.config import RunConfig
 from fedsim.events import MethodSummary, Observer, RoundMetrics
 from fedsim.methods.registry import Method
+from fedsim.resume import MethodState
+from accounting.ledger import write_atomically
 from fedsim.rundir import METRICS_FILE, SUMMARY_FILE
 from fedsim.secure_sum.stages import RoundOutcome
 from fedsim.task import Task
@@ -42,7 +45,13 @@ __all__ = ["MethodRun", "MetricsToDisk", "ProgressEvents", "RoundCallback", "Rou
 
 @dataclass(frozen=True)
 class MethodRun:
-    """One method's run as the server holds it: what every callback may read."""
+    """One method's run as the server holds it: what every callback may read.
+
+    ``start_round``: the first round this process runs (1, or the one after the last
+    committed round of a resumed run); ``resumed``: that run's ``state.json`` (None for a
+    fresh start). The global model already holds the committed state, and the ledger
+    already holds every record of the earlier segments.
+    """
 
     config: RunConfig
     task: Task
@@ -52,6 +61,8 @@ class MethodRun:
     out: Path
     ledger: Ledger
     device: torch.device
+    start_round: int = 1
+    resumed: Optional[MethodState] = None
 
 
 @dataclass(frozen=True)
@@ -95,18 +106,20 @@ class RoundCallback:
 
 
 class MetricsToDisk(RoundCallback):
-    """Appends each round's metrics row to ``metrics.jsonl`` (one JSON object a line)."""
+    """Appends each round's metrics row to ``metrics.jsonl`` (one JSON object a line, fsynced)."""
 
     def round_recorded(self, run: MethodRun, metrics: RoundMetrics) -> None:
         with (run.out / METRICS_FILE).open("a") as handle:
             handle.write(json.dumps(metrics.to_dict()) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
 
 
 class SummaryToDisk(RoundCallback):
-    """Writes the method's ``summary.json``."""
+    """Writes the method's ``summary.json`` (atomically)."""
 
     def summary_recorded(self, run: MethodRun, summary: MethodSummary) -> None:
-        (run.out / SUMMARY_FILE).write_text(json.dumps(summary.to_dict(), indent=2))
+        write_atomically(run.out / SUMMARY_FILE, json.dumps(summary.to_dict(), indent=2).encode())
 
 
 class ProgressEvents(RoundCallback):
@@ -116,7 +129,7 @@ class ProgressEvents(RoundCallback):
         self.observer = observer
 
     def method_started(self, run: MethodRun) -> None:
-        self.observer.method_started(run.method.name, run.config.rounds, run.ledger.fingerprint)
+        self.observer.method_started(run.method.name, run.config.rounds, run.ledger.fingerprint, completed=run.start_round - 1)
 
     def round_recorded(self, run: MethodRun, metrics: RoundMetrics) -> None:
         self.observer.round_finished(metrics)

@@ -24,7 +24,9 @@ from accounting import (
     EpsilonBound,
     LedgerRecord,
     PoissonSubsampledGaussian,
+    read_ledger,
 )
+from accounting.ledger import read_segments
 from fedsim.dp.skellam import SkellamParams
 from fedsim.population import CohortSampling
 from fedsim.secure_sum.stages import RoundOutcome
@@ -44,16 +46,17 @@ __all__ = [
 
 
 def gather_reports(
-    relay: ServerRelay, hosts: Mapping[int, Sequence[int]], round_idx: int, max_steps: int, timeout_s: float
+    relay: ServerRelay, hosts: Mapping[int, Sequence[int]], round_idx: int, max_steps: Mapping[int, int], timeout_s: float
 ) -> dict[int, RoundReport]:
-    """Each live process's REPORT (what its clients ran); a malformed one drops the process."""
+    """Each live process's REPORT (what its clients ran, at most ``max_steps[client]`` steps each);
+    a malformed one drops the process."""
     reports: dict[int, RoundReport] = {}
     for rank, frame in relay.gather(list(hosts), Kind.REPORT, round_idx, "", timeout_s).items():
         try:
             foreign = sorted(set(frame.entries) - set(hosts[rank]))
             if foreign:
                 raise FrameError(f"reports for clients {foreign} it does not host")
-            reports.update({cid: unpack_report(data, cid, max_steps) for cid, data in frame.entries.items()})
+            reports.update({cid: unpack_report(data, cid, max_steps[cid]) for cid, data in frame.entries.items()})
         except FrameError as exc:
             relay.drop(rank, f"malformed REPORT in round {round_idx}: {exc}")
     return dict(sorted(reports.items()))
@@ -122,7 +125,10 @@ class PrivacyLedger(RoundCallback):
     Adds to the round's metrics the worst client's sample-level ε (PRV upper bound and RDP)
     at the run's δ; to the summary also the accountant that gave it, the worst client's
     client-level ε against the server and against observers of the released models
-    (Skellam RDP; None without client-level DP) and the ledger key's fingerprint.
+    (Skellam RDP; None without client-level DP) and the ledger keys' fingerprints (the
+    last segment's, and every segment's in order). A resumed run's accountant starts
+    from every record the ledger already holds (replayed: the same figures to the last
+    bit as composing them round by round).
     """
 
     def __init__(self, delta: float) -> None:
@@ -132,16 +138,25 @@ class PrivacyLedger(RoundCallback):
         self.worst_rdp = 0.0
         self.client_level: dict[str, float | None] = {AGAINST_SERVER: None, AGAINST_OBSERVERS: None}
 
+    def method_started(self, run: MethodRun) -> None:
+        if run.ledger.path.is_file():
+            records = read_ledger(run.ledger.path)
+            if records:
+                self._account(records)
+
     def round_ended(self, run: MethodRun, result: RoundResult) -> Mapping[str, Any]:
         run.ledger.append(result.records)
-        snapshot = self.budgets.add(result.records)
+        self._account(result.records)
+        return {"epsilon": self.worst.upper, "epsilon_rdp": self.worst_rdp, "delta": self.delta}
+
+    def _account(self, records: Sequence[LedgerRecord]) -> None:
+        snapshot = self.budgets.add(records)
         if snapshot.worst() is not None:
             self.worst, self.worst_rdp = snapshot.worst().prv, snapshot.worst().rdp
         for against in self.client_level:
             worst = snapshot.worst_client_level(against)
             if worst is not None:
                 self.client_level[against] = worst.epsilon
-        return {"epsilon": self.worst.upper, "epsilon_rdp": self.worst_rdp, "delta": self.delta}
 
     def method_ended(self, run: MethodRun) -> Mapping[str, Any]:
         return {
@@ -153,4 +168,11 @@ class PrivacyLedger(RoundCallback):
             "client_level_epsilon_observers": self.client_level[AGAINST_OBSERVERS],
             "delta": self.delta,
             "ledger_fingerprint": run.ledger.fingerprint,
+            "ledger_fingerprints": ledger_fingerprints(run.ledger),
         }
+
+
+def ledger_fingerprints(ledger) -> tuple[str, ...]:
+    """Every segment's key fingerprint, in order (the ledger's own key last)."""
+    earlier = [s.start.previous.fingerprint for s in read_segments(ledger.path)] if ledger.path.is_file() else []
+    return (*earlier, ledger.fingerprint)

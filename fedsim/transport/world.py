@@ -1,7 +1,17 @@
 """torch.distributed ranks, devices, and the rendezvous store.
 
-Rank 0 is the server; ranks 1..W-1 are clients (docs/architecture.md, "Process model"). With CUDA each
-rank trains on ``cuda:LOCAL_RANK``; without it on the CPU.
+Rank 0 is the server; ranks 1..W-1 are clients (docs/architecture.md, "Process model").
+
+Devices (the run's ``device``: ``cpu``, ``cuda`` or ``auto``, :func:`device_for`): on CUDA
+the rank with local rank L trains on ``cuda:(L mod G)``, G the GPUs this process sees
+(``CUDA_VISIBLE_DEVICES``), so when processes outnumber GPUs several share one, each with
+its own CUDA context and nothing capping its memory. L is torchrun's ``LOCAL_RANK``; the
+local launcher passes the rank itself (every process is on this machine). The server is
+placed by the same rule (local rank 0: ``cuda:0``): it evaluates the global model on the
+test set (for a ViT-B or Swin-B far faster on a GPU), holding one model copy and no
+per-sample gradients or optimizer state, and it is idle while clients train.
+``auto`` is CUDA when it is available, else the CPU; ``cuda`` without CUDA is a
+:class:`~fedsim.config.ConfigError` naming ``device``.
 
 torch.distributed rendezvous the processes (``dist.rendezvous``; torchrun or the local
 launcher starts them); its store (:attr:`World.store`) is where the relay's server
@@ -22,6 +32,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from fedsim.config import ConfigError
+from fedsim.options import DEVICES, is_int
 
 logger = logging.getLogger(__name__)
 
@@ -71,11 +84,38 @@ def torchrun_world_size() -> int:
     return int(os.environ["WORLD_SIZE"])
 
 
-def choose_device(local_rank: int) -> torch.device:
-    """``cuda:LOCAL_RANK`` when CUDA is available (wrapping over the visible GPUs), else CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device("cpu")
+def device_for(local_rank: int, device_count: int, choice: str = "auto") -> torch.device:
+    """The device of the process with local rank ``local_rank``, given ``device_count`` visible
+    CUDA devices (0: no CUDA) and the run's ``device`` ``choice``.
+
+    ``cpu``: the CPU. ``cuda``: ``cuda:(local_rank mod device_count)``, a
+    :class:`~fedsim.config.ConfigError` naming ``device`` when there is no CUDA device.
+    ``auto``: ``cuda`` when there is one, else the CPU. Pure: :func:`choose_device` reads
+    this machine's devices.
+    """
+    if choice not in DEVICES:
+        raise ConfigError("device", choice, f"one of {DEVICES}")
+    if not is_int(local_rank) or local_rank < 0:
+        raise ValueError(f"local_rank={local_rank!r} is invalid: expected an integer >= 0")
+    if not is_int(device_count) or device_count < 0:
+        raise ValueError(f"device_count={device_count!r} is invalid: expected an integer >= 0")
+    if choice == "cpu" or (choice == "auto" and device_count == 0):
+        return torch.device("cpu")
+    if device_count == 0:
+        raise ConfigError(
+            "device", choice, "'cpu' or 'auto': this process sees no CUDA device (torch.cuda.is_available() is False)"
+        )
+    return torch.device("cuda", local_rank % device_count)
+
+
+def visible_cuda_devices() -> int:
+    """CUDA devices this process sees (``CUDA_VISIBLE_DEVICES`` applies); 0 without CUDA."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def choose_device(local_rank: int, choice: str = "auto") -> torch.device:
+    """:func:`device_for` on this machine's visible CUDA devices."""
+    return device_for(local_rank, visible_cuda_devices(), choice)
 
 
 def init_world(
@@ -85,6 +125,7 @@ def init_world(
     local_rank: int,
     init_method: str,
     timeout_s: float,
+    device: str = "auto",
 ) -> World:
     """Join the world (every rank within ``timeout_s``): torch.distributed's rendezvous,
     and its store kept as :attr:`World.store`.
@@ -95,15 +136,19 @@ def init_world(
     abort the server (gloo terminates a process that receives an unbound-buffer send it
     did not post a receive for, ``gloo::EnforceNotMet`` in ``pair.cc``, on any pair, any
     time). Code that wants a collective (a benchmark's baseline) makes its own group.
+
+    ``device``: the run's device choice (:func:`device_for`); the rank's device is chosen,
+    and made CUDA's current device, before the rendezvous, so a ``cuda`` without CUDA fails
+    here and not in the first round.
     """
-    device = choose_device(local_rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
+    chosen = choose_device(local_rank, device)
+    if chosen.type == "cuda":
+        torch.cuda.set_device(chosen)
     timeout = datetime.timedelta(seconds=timeout_s)
     store, rank, world_size = next(dist.rendezvous(init_method, rank=rank, world_size=world_size, timeout=timeout))
     store.set_timeout(timeout)
-    logger.debug("rank %d/%d on %s", rank, world_size, device)
-    return World(rank, world_size, local_rank, device, dist.PrefixStore(store_prefix(), store))
+    logger.info("rank %d/%d (local rank %d) on %s", rank, world_size, local_rank, chosen)
+    return World(rank, world_size, local_rank, chosen, dist.PrefixStore(store_prefix(), store))
 
 
 def store_prefix() -> str:
@@ -113,14 +158,16 @@ def store_prefix() -> str:
     return f"{STORE_PREFIX}/{restart}" if restart else STORE_PREFIX
 
 
-def init_from_torchrun(timeout_s: float) -> World:
-    """Join the world described by torchrun's environment variables (single or multi node)."""
+def init_from_torchrun(timeout_s: float, device: str = "auto") -> World:
+    """Join the world described by torchrun's environment variables (single or multi node);
+    ``device`` as in :func:`init_world` (the GPU from ``LOCAL_RANK``)."""
     return init_world(
         rank=int(os.environ["RANK"]),
         world_size=int(os.environ["WORLD_SIZE"]),
         local_rank=int(os.environ["LOCAL_RANK"]),
         init_method="env://",
         timeout_s=timeout_s,
+        device=device,
     )
 
 

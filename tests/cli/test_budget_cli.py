@@ -599,3 +599,52 @@ def test_plan_for_client_level_says_what_it_computes() -> None:
     plan = json.loads(output)
     assert "lower bound on the noise a distributed-Skellam run needs" in plan["caveat"]
     assert "continuous-Gaussian model" in plan["schedule"]
+
+
+# ------------------------------------------------------------------ resumed runs: segments
+
+
+def write_resumed_run(out: Path, resume_after: int = 2) -> list[str]:
+    """A run whose ledger was continued after round ``resume_after`` by a second run (a new key)."""
+    out.mkdir(parents=True)
+    tracker, metrics = BudgetTracker(DELTA), []
+    ledger = Ledger(out / "ledger.jsonl")
+    fingerprints = [ledger.fingerprint]
+    for r in range(1, ROUNDS + 1):
+        if r == resume_after + 1:
+            ledger = Ledger.resume(out / "ledger.jsonl")
+            fingerprints.append(ledger.fingerprint)
+        ledger.append(round_records(r))
+        worst = tracker.add(round_records(r)).worst()
+        metrics.append({"method": "la-lora", "round": r, "epsilon": worst.prv.upper, "delta": DELTA, "epsilon_rdp": worst.rdp})
+    (out / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in metrics))
+    return fingerprints
+
+
+def test_verify_pins_every_segment_of_a_resumed_ledger(tmp_path: Path) -> None:
+    fingerprints = write_resumed_run(tmp_path / "resumed")
+    code, output = budget("verify", str(tmp_path / "resumed"), "--fingerprint", fingerprints[0], "--fingerprint", fingerprints[1])
+    assert code == 0, output
+    assert f"segment 1 key fingerprint {fingerprints[0]} (pinned)" in output
+    assert f"segment 2 key fingerprint {fingerprints[1]} (pinned)" in output
+    code, output = budget("verify", str(tmp_path / "resumed"), "--fingerprint", fingerprints[1])
+    assert code == 1 and "not pinned: segment 2" in output and "not in the order" in output
+    code, output = budget("verify", str(tmp_path / "resumed"), "--fingerprint", fingerprints[0], "--fingerprint", fingerprints[1],
+                          "--fingerprint", fingerprints[1])
+    assert code == 1 and "segment 3 (pinned" in output and "missing" in output
+
+
+def test_verify_names_a_removed_last_segment(tmp_path: Path) -> None:
+    """Roll a resumed ledger back to its first segment (its lines, key and head put back)."""
+    out = tmp_path / "rolled"
+    out.mkdir()
+    ledger = Ledger(out / "ledger.jsonl")
+    for r in (1, 2):
+        ledger.append(round_records(r))
+    kept = {name: (out / name).read_bytes() for name in ("ledger.jsonl", "ledger.pub", "ledger.sig")}
+    second = Ledger.resume(out / "ledger.jsonl")
+    second.append(round_records(3))
+    for name, data in kept.items():
+        (out / name).write_bytes(data)
+    code, output = budget("verify", str(out), "--fingerprint", ledger.fingerprint, "--fingerprint", second.fingerprint)
+    assert code == 1 and f"segment 2 (pinned {second.fingerprint}) missing" in output

@@ -200,3 +200,21 @@ def test_population_and_client_level_fields_name_themselves(overrides, field):
 def test_preflight_partitions_over_the_population():
     with pytest.raises(ConfigError, match="population=5000"):
         preflight(build_config(population=5000, limit=100))
+
+
+def test_new_fields_round_trip_through_toml_and_json(tmp_path):
+    path = tmp_path / "job.toml"
+    path.write_text('lora_targets = ["attn.qkv"]\nlocal_epochs = 5\noptimizer = "sgd"\nmomentum = 0.9\nlr_decay = 0.99\n'
+                    'smoothing_mode = "reference"\ndevice = "cpu"\ncheckpoint = "w.pth"\n')
+    config = build_config(load_config_file(path))
+    assert (config.lora_targets, config.local_epochs, config.momentum, config.lr_decay) == (("attn.qkv",), 5.0, 0.9, 0.99)
+    assert (config.smoothing_mode, config.device, config.checkpoint, config.preset) == ("reference", "cpu", "w.pth", None)
+    assert config_from_json(config.to_json()) == config
+
+
+def test_a_preset_in_a_config_file_is_its_lowest_layer(tmp_path):
+    path = tmp_path / "job.toml"
+    path.write_text('preset = "la-lora-roberta-mnli"\nrounds = 2\n')
+    config = build_config(load_config_file(path), lr=1e-3)
+    assert (config.preset, config.rounds, config.lr, config.local_steps, config.max_length) == ("la-lora-roberta-mnli", 2, 1e-3, 20, 128)
+    assert build_config(load_config_file(path), preset="default").max_length == RunConfig().max_length  # an explicit preset wins

@@ -22,11 +22,11 @@ def test_every_field_has_exactly_one_row():
     assert len(ROWS) == len(FIELD_OPTIONS)  # no field twice
 
 
-def test_run_takes_one_option_per_row_with_help_and_the_four_others():
+def test_run_takes_one_option_per_row_with_help_and_the_six_others():
     params = inspect.signature(run_command).parameters
     with_help = [o.field for o in FIELD_OPTIONS if o.help]
     assert [p for p in params if p in ROWS] == with_help
-    assert set(params) - set(ROWS) == {"config_file", "drop", "dry_run", "verbose"}
+    assert set(params) - set(ROWS) == {"config_file", "drop", "dry_run", "list_presets", "resume", "verbose"}
     for field in ("model_kwargs", "lora_alpha", "dropout_schedule"):  # config-file only
         assert field not in params
 
@@ -71,6 +71,9 @@ BAD_VALUES = [
     ("secagg_consistency_check", "yes"), ("dropout_rate", 1.0), ("dropout_stages", ("Nope",)),
     ("seed", -1), ("eval_every", 0), ("threads_per_process", 0), ("timeout_s", 5.0), ("methods", ("sgd-lora",)),
     ("model", ""), ("pretrained", "yes"),
+    ("preset", "swin"), ("checkpoint", ""), ("local_epochs", 0.0), ("local_epochs", 1001.0), ("lr_decay", 0.0),
+    ("lr_decay", 1.01), ("momentum", -0.1), ("momentum", 1.0), ("smoothing_mode", "both"), ("lora_targets", ()),
+    ("lora_targets", ("attn.qkv", "attn.qkv")), ("lora_targets", ("",)), ("device", "tpu"), ("device", "cuda:0"),
 ]
 
 
@@ -95,3 +98,17 @@ def test_count_or_fraction_options_parse_from_text():
     assert (config.secagg_threshold, config.secagg_collusion) == (3, 0.2)
     with pytest.raises(ConfigError, match="secagg_collusion='two' is invalid"):
         build_config({}, secagg_collusion="two")
+
+
+def test_the_device_option_says_how_ranks_share_gpus():
+    help_text = ROWS["device"].help
+    assert help_text.startswith("cpu, cuda or auto; with more client processes than GPUs, rank r uses cuda:(LOCAL_RANK mod device_count); memory is not capped per process")
+    assert RunConfig().device == "auto"
+
+
+def test_preset_and_the_new_fields_are_run_options():
+    params = inspect.signature(run_command).parameters
+    for field in ("preset", "checkpoint", "local_epochs", "lr_decay", "momentum", "smoothing_mode", "lora_targets", "device"):
+        assert field in params, field
+    config = build_config({}, lora_targets="query, value", local_epochs=2.0)
+    assert config.lora_targets == ("query", "value") and config.to_dict()["lora_targets"] == ["query", "value"]
