@@ -146,19 +146,26 @@ def audit_command(
         typer.echo(json.dumps(result))
         _exit_on_violation(report.audited.bound.epsilon, report.epsilon.upper)
         return
-    g = report.audited.bound.guesses
     typer.echo(
         f"{report.method}, observer {observer}: {canaries} canaries ({int(report.audited.members.sum())} members), "
-        f"σ={report.noise_multiplier:g}, q={report.sample_rate:.4g}, {report.steps} steps, δ={config.delta:g}\n"
+        f"σ={report.noise_multiplier:g}, q={report.sample_rate:.4g}, {report.steps} steps, δ={config.delta:g}"
+    )
+    _echo_verdict(report, report.epsilon.upper, report.epsilon.method, noise="σ")
+    err.print(f"scores: {target}   ({seconds:.1f} s)")
+    _exit_on_violation(report.audited.bound.epsilon, report.epsilon.upper)
+
+
+def _echo_verdict(report: Any, claimed: float, accountant: str, *, noise: str) -> None:
+    """The audit's lines, either level: the empirical lower bound and its guesses, the accountant's ε, the control."""
+    g = report.audited.bound.guesses
+    typer.echo(
         f"  empirical ε ≥ {report.audited.bound.epsilon:.3f} (95% confidence; {g.correct} of {g.count} guesses correct, "
         f"k+={g.k_plus}, k-={g.k_minus})\n"
-        f"  accountant   ε ≤ {report.epsilon.upper:.3f} ({report.epsilon.method})"
+        f"  accountant   ε ≤ {claimed:.3f} ({accountant})"
     )
     if report.control is not None:
         c = report.control.bound
-        typer.echo(f"  control σ=0: ε ≥ {c.epsilon:.3f} ({c.guesses.correct} of {c.guesses.count} correct): the audit's power")
-    err.print(f"scores: {target}   ({seconds:.1f} s)")
-    _exit_on_violation(report.audited.bound.epsilon, report.epsilon.upper)
+        typer.echo(f"  control {noise}=0: ε ≥ {c.epsilon:.3f} ({c.guesses.correct} of {c.guesses.count} correct): the audit's power")
 
 
 def _client_level(config: Any, *, canaries: int, no_control: bool, plot: Path | None, as_json: bool) -> None:
@@ -181,19 +188,14 @@ def _client_level(config: Any, *, canaries: int, no_control: bool, plot: Path | 
         typer.echo(json.dumps(result))
         _exit_on_violation(report.audited.bound.epsilon, report.claimed_epsilon)
         return
-    g, p = report.audited.bound.guesses, report.params
+    p = report.params
     typer.echo(
         f"{config.methods[0]}, client level (observer: the server): {canaries} canary clients "
         f"({int(report.audited.members.sum())} members) beside {report.real_clients} others, "
         f"z={report.noise_multiplier:g}, S={report.clip:g}, {report.rounds} rounds, d={p.dim} (padded {p.padded_dim}), "
-        f"δ={config.delta:g}\n"
-        f"  empirical ε ≥ {report.audited.bound.epsilon:.3f} (95% confidence; {g.correct} of {g.count} guesses correct, "
-        f"k+={g.k_plus}, k-={g.k_minus})\n"
-        f"  accountant   ε ≤ {report.claimed_epsilon:.3f} (a canary client against the server, {report.epsilon.method})"
+        f"δ={config.delta:g}"
     )
-    if report.control is not None:
-        c = report.control.bound
-        typer.echo(f"  control z=0: ε ≥ {c.epsilon:.3f} ({c.guesses.correct} of {c.guesses.count} correct): the audit's power")
+    _echo_verdict(report, report.claimed_epsilon, f"a canary client against the server, {report.epsilon.method}", noise="z")
     err.print(f"scores: {target}   ({seconds:.1f} s)")
     _exit_on_violation(report.audited.bound.epsilon, report.claimed_epsilon)
 

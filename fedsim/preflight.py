@@ -11,7 +11,7 @@ import dataclasses
 
 from accounting import CalibrationError, Schedule, calibrate_schedule
 from fedsim.config import ConfigError, RunConfig
-from fedsim.data.loaders import load_dataset
+from fedsim.data.loaders import DatasetSplits, load_dataset
 from fedsim.data.partition import partition
 from fedsim.population import cohort_sampling
 from fedsim.secure_sum.config import MIN_COHORT, secure_sum_config
@@ -19,7 +19,7 @@ from fedsim.secure_sum.config import MIN_COHORT, secure_sum_config
 _SKELLAM_FIELDS = (("modulus_bits", "secagg_modulus_bits"), ("noise_multiplier", "client_noise_multiplier"), ("clip", "client_clip"))
 
 
-def load_checked_dataset(config: RunConfig):
+def load_checked_dataset(config: RunConfig) -> DatasetSplits:
     """The run's dataset, or a ConfigError naming ``dataset``."""
     try:
         return load_dataset(config.dataset, seed=config.seed, limit=config.limit)
@@ -27,9 +27,9 @@ def load_checked_dataset(config: RunConfig):
         raise ConfigError("dataset", config.dataset, f"a loadable dataset ({exc})") from None
 
 
-def check_data(config: RunConfig) -> list[int]:
-    """The dataset loads and splits into one non-empty shard per (virtual) client; their sizes."""
-    data = load_checked_dataset(config)
+def check_data(config: RunConfig, data: DatasetSplits | None = None) -> list[int]:
+    """The dataset (``data``, or loaded) splits into one non-empty shard per (virtual) client; their sizes."""
+    data = load_checked_dataset(config) if data is None else data
     try:
         shards = partition(
             data.train.labels.numpy(),
@@ -52,15 +52,16 @@ def check_device(config: RunConfig) -> None:
     choose_device(0, config.device)
 
 
-def check_checkpoint(config: RunConfig) -> None:
-    """``checkpoint`` weights load into the model (missing or reshaped backbone tensors are named)."""
+def check_checkpoint(config: RunConfig, data: DatasetSplits | None = None) -> None:
+    """``checkpoint`` weights load into the model (missing or reshaped backbone tensors are named);
+    ``data``: the run's dataset if already loaded."""
     if config.checkpoint is None:
         return
     from fedsim.models.build import build_base_model
     from fedsim.models.checkpoint import CheckpointError
     from fedsim.task import model_spec
 
-    classes = len(load_checked_dataset(config).train.classes)
+    classes = len((load_checked_dataset(config) if data is None else data).train.classes)
     try:
         build_base_model(model_spec(config, classes))
     except (CheckpointError, OSError) as exc:
@@ -113,7 +114,7 @@ def check_secure_aggregation(config: RunConfig) -> None:
             )
 
 
-def check_client_level_noise(config: RunConfig) -> dict[str, list]:
+def check_client_level_noise(config: RunConfig, data: DatasetSplits | None = None) -> dict[str, list]:
     """With client-level DP, the Skellam mechanism's parameters for every phase of every method.
 
     Builds each method's model once (on the CPU, to learn the sizes of the updates its
@@ -132,7 +133,7 @@ def check_client_level_noise(config: RunConfig) -> dict[str, list]:
     from fedsim.transport.vectors import flat_size
 
     cohort = cohort_sampling(config).expected_size(config.population_size)
-    data = load_checked_dataset(config)
+    data = load_checked_dataset(config) if data is None else data
     task = Task(model_spec(config, len(data.train.classes)), data)
     planned: dict[str, list] = {}
     for name in config.methods:
@@ -198,8 +199,9 @@ def preflight(config: RunConfig) -> RunConfig:
     check_device(config)
     check_model(config)
     check_secure_aggregation(config)
-    sizes = check_data(config)
-    check_checkpoint(config)
-    check_client_level_noise(config)
+    data = load_checked_dataset(config)  # once, for every check that needs it
+    sizes = check_data(config, data)
+    check_checkpoint(config, data)
+    check_client_level_noise(config, data)
     return calibrate_noise(config, sizes)
 
